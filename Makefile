@@ -1,0 +1,31 @@
+# skinseg: `make setup`, `make test`, `make report`, `make bench`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export NO_ALBUMENTATIONS_UPDATE := 1
+export HF_HUB_OFFLINE := 1
+
+.PHONY: setup test test-fast report bench clean
+
+setup: $(VENV)/.installed
+
+# torch first: pinned builds (CPU machines here take them from local disk; GPU users get CUDA builds).
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q tests
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow and not real" tests
+
+bench: setup
+	$(PY) benchmarks/data_pipeline.py
+	$(PY) benchmarks/models.py
+
+clean:
+	rm -rf .cache reports/*.html reports/*.pdf

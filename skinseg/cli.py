@@ -1,0 +1,87 @@
+"""The ``skinseg`` command: one subcommand per verb, each a thin call into the package."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from skinseg.data.synth import write_synthetic
+
+    lo, hi = (int(v) for v in args.width_range.split(","))
+    counts = write_synthetic(args.out, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test,
+                             seed=args.seed, width_range=(lo, hi))
+    print(json.dumps({"out": str(args.out), **counts}))
+    return 0
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    from skinseg.data.stats import dataset_stats, stats_table
+
+    stats = dataset_stats(args.root, image_size=args.image_size, resize_mode=args.resize_mode)
+    import pandas as pd
+
+    with pd.option_context("display.max_columns", None, "display.width", 250):
+        print(stats_table(stats).T.to_string())
+    print(json.dumps(stats, indent=2))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(stats, f, indent=2)
+    return 0
+
+
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from skinseg.data.cache import build_cache
+    from skinseg.data.isic import find_splits
+
+    for name, split in find_splits(args.root).items():
+        cache = build_cache(split, args.image_size, args.resize_mode)
+        print(f"{name}: {len(cache)} images -> {cache.path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="skinseg", description="ISIC 2018 Task 2 lesion-attribute segmentation with U-Net variants."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("synth", help="write the synthetic ISIC-like dataset in the official layout")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--n-train", type=int, default=120)
+    p.add_argument("--n-val", type=int, default=30)
+    p.add_argument("--n-test", type=int, default=30)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--width-range", default="300,900", help="min,max image width in px (4:3 images)")
+    p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("stats", help="per-split image count, attribute prevalence, pixel fraction, RGB mean/std")
+    p.add_argument("root", help="data root holding the official ISIC 2018 folders")
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--resize-mode", choices=("stretch", "pad"), default="stretch")
+    p.add_argument("--json", help="also write the statistics to this JSON file")
+    p.set_defaults(func=_cmd_stats)
+
+    p = sub.add_parser("cache", help="build the preprocessing cache of every split below ROOT")
+    p.add_argument("root")
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--resize-mode", choices=("stretch", "pad"), default="stretch")
+    p.set_defaults(func=_cmd_cache)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from skinseg.config import ConfigError
+    from skinseg.data.isic import DataError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (DataError, ConfigError) as e:
+        print(f"skinseg {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

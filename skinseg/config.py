@@ -1,0 +1,258 @@
+"""The one typed config: defaults for everything, YAML loading, validation with "did you mean".
+
+Configuration flows one way: YAML file / papermill parameters / ``--set`` overrides -> :class:`Config`.
+Keys are flat, so the same names serve as papermill parameters.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+MODELS = ("unet", "unet-residual", "unet-attention", "unet-convnext-attention")
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "adabelief", "adagrad")
+SCHEDULERS = ("none", "reduce_lr", "cosine", "cosine_restart", "step", "exp", "onecycle")
+INITS = ("xavier", "kaiming", "orthogonal", "normal", "none")
+RESIZE_MODES = ("stretch", "pad")
+LOSSES = ("bce", "dice", "jaccard", "focal", "tversky")
+AMP_MODES = ("auto", "off", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+TTA_MODES = ("none", "hflip", "hvflip")
+SPLIT_NAMES = ("train", "val", "test", "dev")
+
+
+class ConfigError(ValueError):
+    """A bad key or value in a config; the message names it and the valid choices."""
+
+
+def _choice(*choices: str, default: str) -> Any:
+    return field(default=default, metadata={"choices": choices})
+
+
+@dataclass
+class Config:
+    """Every option of a run. See the README's config table for what each key does."""
+
+    # model
+    model: str = _choice(*MODELS, default="unet")
+    classes: int = 5
+    base_channels: int = 32
+    bilinear: bool = True
+    init: str = _choice(*INITS, default="kaiming")
+    pretrained: bool = False
+    pretrained_path: str | None = None
+    encoder: str = "convnext_tiny"
+    freeze_encoder: int = 0
+    aux_head: bool = False
+    # data
+    data_root: str | None = None
+    image_size: int = 256
+    resize_mode: str = _choice(*RESIZE_MODES, default="stretch")
+    train_split: str = _choice(*SPLIT_NAMES, default="train")
+    val_split: str = _choice(*SPLIT_NAMES, default="val")
+    dev_fraction: float = 0.0
+    num_workers: int = 0
+    # augmentation (probabilities and ranges)
+    aug_flip_p: float = 0.5
+    aug_rotate90_p: float = 0.5
+    aug_rotate_p: float = 0.3
+    rotate_limit: float = 30.0
+    aug_scale_p: float = 0.3
+    scale_limit: float = 0.15
+    aug_color_p: float = 0.3
+    brightness: float = 0.1
+    contrast: float = 0.1
+    hue: float = 0.03
+    mean: tuple[float, float, float] = (0.708, 0.582, 0.536)  # ISIC 2018 train, `skinseg stats`
+    std: tuple[float, float, float] = (0.156, 0.164, 0.179)
+    # optimisation
+    epochs: int = 10
+    batch_size: int = 8
+    lr: float = 1e-3
+    optimizer: str = _choice(*OPTIMIZERS, default="adamw")
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    scheduler: str = _choice(*SCHEDULERS, default="cosine")
+    t_max: int | None = None
+    eta_min: float = 1e-6
+    step_size: int = 10
+    gamma: float = 0.5
+    reduce_lr_patience: int = 3
+    warmup_epochs: float = 0.0
+    grad_clip: float | None = None
+    accumulate: int = 1
+    ema: float | None = None
+    patience: int | None = None
+    # loss
+    loss: dict[str, float] = field(default_factory=lambda: {"bce": 1.0, "dice": 1.0})
+    pos_weight: list[float] | None = None
+    attribute_weights: list[float] | None = None
+    focal_gamma: float = 2.0
+    focal_alpha: float = 0.25
+    tversky_alpha: float = 0.3
+    tversky_beta: float = 0.7
+    aux_weight: float = 0.2
+    # runtime
+    seed: int = 42
+    device: str = _choice(*DEVICES, default="auto")
+    amp: str = _choice(*AMP_MODES, default="auto")
+    channels_last: bool = True
+    compile: bool = False
+    load: str | None = None
+    # decisions
+    threshold: float = 0.5
+    tune_thresholds: bool = True
+    tta: str = _choice(*TTA_MODES, default="none")
+    # output
+    output_dir: str = "runs"
+    run_name: str | None = None
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ---- construction ---------------------------------------------------------------
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> "Config":
+        """Build from a flat mapping; unknown keys are an error naming the closest valid key."""
+        if values is None:
+            values = {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: expected a mapping of keys to values, got {type(values).__name__}")
+        check_keys(values, source)
+        return cls(**{k: _coerce(k, v, source) for k, v in values.items()})
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> "Config":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of keys to values at the top level")
+        data.update(overrides or {})
+        return cls.from_dict(data, source=str(path))
+
+    def replace(self, **changes: Any) -> "Config":
+        check_keys(changes, "replace()")
+        return dataclasses.replace(self, **{k: _coerce(k, v, "replace()") for k, v in changes.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    def to_yaml(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    # ---- validation -----------------------------------------------------------------
+    def validate(self) -> None:
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices and value not in choices:
+                raise ConfigError(f"{f.name}: {value!r} is not valid; choose one of {', '.join(choices)}")
+        positive = ("classes", "base_channels", "image_size", "epochs", "batch_size", "accumulate")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.image_size % 32:
+            raise ConfigError(f"image_size: {self.image_size} must be a multiple of 32 (e.g. 256, 384, 512)")
+        if self.lr <= 0:
+            raise ConfigError(f"lr: must be > 0, got {self.lr}")
+        if not 0.0 <= self.dev_fraction < 1.0:
+            raise ConfigError(f"dev_fraction: must be in [0, 1), got {self.dev_fraction}")
+        if self.num_workers < 0:
+            raise ConfigError(f"num_workers: must be >= 0, got {self.num_workers}")
+        if not 0.0 < self.threshold < 1.0:
+            raise ConfigError(f"threshold: must be in (0, 1), got {self.threshold}")
+        if self.ema is not None and not 0.0 < self.ema < 1.0:
+            raise ConfigError(f"ema: a decay in (0, 1) such as 0.999, or null; got {self.ema}")
+        if not isinstance(self.loss, dict) or not self.loss:
+            raise ConfigError(f"loss: a mapping of loss names to weights, e.g. {{bce: 1.0, dice: 1.0}}; got {self.loss!r}")
+        for name, weight in self.loss.items():
+            if name not in LOSSES:
+                raise ConfigError(f"loss: unknown loss {name!r}{_did_you_mean(name, LOSSES)}; valid: {', '.join(LOSSES)}")
+            if not isinstance(weight, (int, float)) or weight < 0:
+                raise ConfigError(f"loss: weight of {name!r} must be a number >= 0, got {weight!r}")
+        for name in ("pos_weight", "attribute_weights"):
+            value = getattr(self, name)
+            if value is not None and len(value) != self.classes:
+                raise ConfigError(f"{name}: needs one value per attribute ({self.classes}), got {len(value)}")
+        for name in ("mean", "std"):
+            if len(getattr(self, name)) != 3:
+                raise ConfigError(f"{name}: needs three values (R, G, B)")
+        if self.dev_fraction == 0.0 and "dev" in (self.train_split, self.val_split):
+            raise ConfigError("val_split/train_split 'dev' needs dev_fraction > 0 (e.g. 0.15)")
+
+
+def _did_you_mean(name: str, valid: list[str] | tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_keys(values: dict[str, Any], source: str = "config") -> None:
+    valid = Config.keys()
+    for key in values:
+        if key not in valid:
+            raise ConfigError(f"{source}: unknown key {key!r}{_did_you_mean(str(key), valid)}")
+
+
+_TYPES = {f.name: f.type for f in fields(Config)}
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    """Light type checking/coercion: ints for int fields, floats for float fields, tuples for mean/std."""
+    t = str(_TYPES[key])
+    if value is None:
+        if "None" in t:
+            return None
+        raise ConfigError(f"{source}: {key} cannot be null")
+    try:
+        if t == "int" and not isinstance(value, bool):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if t.startswith("int") and "None" in t and not isinstance(value, bool):
+            return int(value)
+        if t.startswith("float"):
+            return float(value)
+        if t == "bool":
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false"):
+                return value.lower() == "true"
+            raise ValueError
+        if t.startswith("tuple"):
+            return tuple(float(v) for v in value)
+        if t.startswith("list[float]"):
+            return [float(v) for v in value]
+        if t.startswith("dict"):
+            if not isinstance(value, dict):
+                raise ValueError
+            return {str(k): float(v) for k, v in value.items()}
+        if t.startswith("str") and not isinstance(value, str):
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}: {key}={value!r} is not a valid {t}") from None
+    return value
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """Parse ``key=value`` strings (values read as YAML) from the command line."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(raw)
+    return out
