@@ -1,0 +1,125 @@
+"""Torch datasets over the preprocessing cache, the seeded dev hold-out, and the DataLoader factory."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from skinseg.config import Config
+from skinseg.data.augment import eval_transform, train_transform
+from skinseg.data.cache import SplitCache, build_cache
+from skinseg.data.isic import DataError, get_split
+from skinseg.paths import resolve
+
+
+class ISICDataset(Dataset):
+    """Samples of one cached split: ``{"image": 3xSxS float, "mask": 5xSxS float, "id": str, "index": int}``.
+
+    Splits without ground truth yield no ``"mask"``. ``indices`` restricts the dataset to a subset (the dev
+    hold-out); ``index`` is always the position in the full cache, so original sizes can be looked up.
+    """
+
+    def __init__(self, cache: SplitCache, transform, indices: np.ndarray | None = None):
+        self.cache = cache
+        self.transform = transform
+        self.indices = np.arange(len(cache)) if indices is None else np.asarray(indices)
+        self._images = None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> dict:
+        i = int(self.indices[k])
+        if self._images is None:  # opened lazily so that each DataLoader worker maps its own view
+            self._images = self.cache.images
+        image = np.asarray(self._images[i])
+        sample = {"id": self.cache.ids[i], "index": i}
+        if self.cache.has_masks:
+            mask = self.cache.mask(i).transpose(1, 2, 0)  # HxWx5 for albumentations
+            out = self.transform(image=image, mask=mask)
+            sample["image"] = out["image"]
+            sample["mask"] = out["mask"].float()
+        else:
+            sample["image"] = self.transform(image=image)["image"]
+        return sample
+
+
+def dev_holdout(present: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Indices of a fixed, seeded, attribute-stratified hold-out of ``fraction`` of the images.
+
+    Images are grouped by their rarest present attribute (or "none"), so that rare attributes such as
+    streaks get their share of the hold-out.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    rng = np.random.default_rng(seed)
+    counts = present.sum(0)
+    order = np.argsort(counts)  # rarest attribute first
+    group = np.full(len(present), -1)
+    for a in order[::-1]:  # rarest written last, so it wins
+        group[present[:, a]] = a
+    chosen = []
+    for g in np.unique(group):
+        members = np.flatnonzero(group == g)
+        rng.shuffle(members)
+        chosen.extend(members[: int(round(len(members) * fraction))])
+    return np.sort(np.asarray(chosen, dtype=np.int64))
+
+
+def split_cache(cfg: Config, split: str) -> tuple[SplitCache, np.ndarray | None]:
+    """The cache and subset indices for a config split name (train, val, test, or the dev hold-out of train)."""
+    root = resolve(cfg.data_root)
+    if root is None:
+        raise DataError("data_root is not set: point it at the ISIC data, or run `skinseg synth DIR` first")
+    source = "train" if split == "dev" else split
+    cache = build_cache(get_split(root, source), size=cfg.image_size, mode=cfg.resize_mode,
+                        workers=max(1, cfg.num_workers) if cfg.num_workers else None)
+    if cfg.dev_fraction <= 0 or source != "train":
+        return cache, None
+    if cache.present is None:
+        raise DataError("the dev hold-out needs the training split's ground truth")
+    dev = dev_holdout(cache.present, cfg.dev_fraction, cfg.seed)
+    if split == "dev":
+        return cache, dev
+    return cache, np.setdiff1d(np.arange(len(cache)), dev)
+
+
+def make_dataset(cfg: Config, split: str, train: bool) -> ISICDataset:
+    cache, indices = split_cache(cfg, split)
+    return ISICDataset(cache, train_transform(cfg) if train else eval_transform(cfg), indices)
+
+
+def _seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    import random
+
+    random.seed(seed)
+
+
+def make_loader(cfg: Config, split: str, train: bool, distributed: bool = False,
+                dataset: Dataset | None = None) -> DataLoader:
+    """DataLoader for a split: shuffled + augmented for training, ordered for evaluation.
+
+    Seeded through a torch Generator so that the same config and seed give the same batches.
+    """
+    dataset = dataset if dataset is not None else make_dataset(cfg, split, train)
+    sampler = None
+    if distributed:
+        sampler = torch.utils.data.distributed.DistributedSampler(dataset, shuffle=train, seed=cfg.seed)
+    gen = torch.Generator()
+    gen.manual_seed(cfg.seed)
+    return DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        shuffle=train and sampler is None,
+        sampler=sampler,
+        drop_last=train and len(dataset) > cfg.batch_size,
+        num_workers=cfg.num_workers,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=cfg.num_workers > 0,
+        worker_init_fn=_seed_worker,
+        generator=gen,
+    )
