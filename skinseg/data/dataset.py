@@ -60,11 +60,15 @@ def dev_holdout(present: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     group = np.full(len(present), -1)
     for a in order[::-1]:  # rarest written last, so it wins
         group[present[:, a]] = a
+    groups = [np.flatnonzero(group == g) for g in np.unique(group)]
+    # largest-remainder quotas: proportional per group, summing to round(N * fraction)
+    exact = np.array([len(m) * fraction for m in groups])
+    quota = np.floor(exact).astype(int)
+    extra = int(round(len(present) * fraction)) - quota.sum()
+    quota[np.argsort(-(exact - quota), kind="stable")[:extra]] += 1
     chosen = []
-    for g in np.unique(group):
-        members = np.flatnonzero(group == g)
-        rng.shuffle(members)
-        chosen.extend(members[: int(round(len(members) * fraction))])
+    for members, q in zip(groups, quota):
+        chosen.extend(rng.permutation(members)[:q])
     return np.sort(np.asarray(chosen, dtype=np.int64))
 
 

@@ -1,0 +1,66 @@
+"""Shared fixtures: a tiny dataset in the official layout, written by hand so every case is controlled."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from skinseg.data.isic import ATTRIBUTES, SPLIT_FOLDERS, mask_name  # noqa: E402
+
+REAL_ROOT = os.environ.get("SKINSEG_ISIC_ROOT")
+
+
+def write_split(root: Path, split: str, sizes: list[tuple[int, int]], seed: int = 0, with_masks: bool = True,
+                first_id: int = 0) -> list[str]:
+    """Write images of the given (width, height) sizes with rectangle masks; attribute k present when id % (k+2) == 0."""
+    rng = np.random.default_rng(seed)
+    img_folder, gt_folder = SPLIT_FOLDERS[split]
+    img_dir = root / split / img_folder
+    img_dir.mkdir(parents=True, exist_ok=True)
+    gt_dir = root / split / gt_folder
+    if with_masks:
+        gt_dir.mkdir(parents=True, exist_ok=True)
+    ids = []
+    for n, (w, h) in enumerate(sizes):
+        image_id = f"ISIC_{first_id + n:07d}"
+        ids.append(image_id)
+        pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(img_dir / f"{image_id}.jpg", quality=90)
+        if not with_masks:
+            continue
+        for k, attribute in enumerate(ATTRIBUTES):
+            m = np.zeros((h, w), np.uint8)
+            if (first_id + n) % (k + 2) == 0:
+                m[h // 4 : h // 2, w // 4 : w // 2] = 255
+            Image.fromarray(m, mode="L").save(gt_dir / mask_name(image_id, attribute))
+    return ids
+
+
+@pytest.fixture
+def tiny_root(tmp_path: Path) -> Path:
+    """train (6 images of mixed sizes), val (3) and test (2, images only) in the official layout."""
+    root = tmp_path / "isic"
+    write_split(root, "train", [(64, 48), (80, 60), (40, 40), (96, 72), (64, 48), (50, 70)], seed=1)
+    write_split(root, "val", [(64, 48), (72, 54), (48, 64)], seed=2, first_id=100)
+    write_split(root, "test", [(64, 48), (32, 24)], seed=3, with_masks=False, first_id=200)
+    return root
+
+
+@pytest.fixture
+def cache_root(tmp_path: Path, monkeypatch) -> Path:
+    path = tmp_path / "cache"
+    monkeypatch.setenv("SKINSEG_CACHE_DIR", str(path))
+    return path
+
+
+@pytest.fixture
+def real_root() -> Path:
+    if not REAL_ROOT:
+        pytest.skip("SKINSEG_ISIC_ROOT not set (real ISIC 2018 data)")
+    return Path(REAL_ROOT)

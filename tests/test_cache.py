@@ -1,0 +1,158 @@
+import json
+import os
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from skinseg.data.cache import SplitCache, build_cache, fingerprint, letterbox_box, to_original_size
+from skinseg.data.isic import ATTRIBUTES, DataError, get_split
+
+
+def test_cache_round_trip_keeps_ids_sizes_and_masks(tiny_root, cache_root):
+    split = get_split(tiny_root, "train")
+    cache = build_cache(split, size=32, mode="stretch", progress=False)
+    assert cache.ids == list(split.ids)
+    assert cache.images.shape == (6, 32, 32, 3) and cache.images.dtype == np.uint8
+    assert cache.packed_masks.shape == (6, 5, 32, 4)
+    assert cache.original_hw.tolist()[:3] == [[48, 64], [60, 80], [40, 40]]
+    # attribute k is present when the id is divisible by k+2 (see conftest)
+    expected = np.array([[n % (k + 2) == 0 for k in range(5)] for n in range(6)])
+    np.testing.assert_array_equal(cache.present, expected)
+    # the rectangle covers rows h/4..h/2 and cols w/4..w/2, i.e. 1/16 of the image
+    np.testing.assert_allclose(cache.fraction[0, 0], 1 / 16, atol=1e-3)
+    m = cache.mask(0)
+    assert m.shape == (5, 32, 32) and set(np.unique(m)) <= {0, 1}
+    assert m[0, 8:16, 8:16].all() and m[0].sum() == 64
+    assert cache.mask(1)[0].sum() == 0
+
+
+def test_cache_is_reused_and_rebuilt_when_sources_change(tiny_root, cache_root):
+    split = get_split(tiny_root, "val")
+    first = build_cache(split, size=32, progress=False)
+    assert build_cache(split, size=32, progress=False).path == first.path
+    other_size = build_cache(split, size=64, progress=False)
+    other_mode = build_cache(split, size=32, mode="pad", progress=False)
+    assert len({first.path, other_size.path, other_mode.path}) == 3
+    img = split.image_path(split.ids[0])
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(img)
+    os.utime(img, ns=(1, 1))
+    rebuilt = build_cache(split, size=32, progress=False)
+    assert rebuilt.path != first.path and not first.path.exists()
+    assert rebuilt.images[0].max() == 0
+
+
+def test_pad_mode_letterboxes_and_maps_back(tiny_root, cache_root):
+    split = get_split(tiny_root, "train")
+    cache = build_cache(split, size=32, mode="pad", progress=False)
+    assert letterbox_box(48, 64, 32) == (4, 0, 24, 32)
+    assert cache.boxes[0].tolist() == [4, 0, 24, 32]
+    assert cache.images[0, :4].max() == 0 and cache.images[0, 28:].max() == 0
+    probs = np.stack([cache.mask(0)[a].astype(np.float32) for a in range(5)])
+    back = to_original_size(probs, (48, 64), tuple(cache.boxes[0]))
+    assert back.shape == (5, 48, 64)
+    truth = np.asarray(Image.open(split.mask_path(split.ids[0], ATTRIBUTES[0]))) > 127
+    inter = ((back[0] > 0.5) & truth).sum() / ((back[0] > 0.5) | truth).sum()
+    assert inter > 0.8
+
+
+@pytest.mark.parametrize("size", [384, 512])
+def test_larger_cache_sizes(tiny_root, cache_root, size):
+    cache = build_cache(get_split(tiny_root, "val"), size=size, progress=False)
+    assert cache.images.shape == (3, size, size, 3) and cache.mask(0).shape == (5, size, size)
+
+
+def test_split_without_ground_truth_caches_images_only(tiny_root, cache_root):
+    cache = build_cache(get_split(tiny_root, "test"), size=32, progress=False)
+    assert not cache.has_masks and cache.present is None
+    assert cache.original_hw.tolist() == [[48, 64], [24, 32]]
+
+
+# ---- bad input: one test per case, each leaves no cache behind ---------------------------------
+def _no_cache_left(cache_root):
+    return not cache_root.exists() or not any(p.name.endswith(("meta.json",)) for p in cache_root.rglob("*"))
+
+
+def test_corrupt_jpeg_names_the_file(tiny_root, cache_root):
+    split = get_split(tiny_root, "train")
+    split.image_path("ISIC_0000003").write_bytes(b"not a jpeg at all")
+    with pytest.raises(DataError, match=r"ISIC_0000003\.jpg is corrupt or truncated"):
+        build_cache(split, size=32, progress=False)
+    assert _no_cache_left(cache_root) and not list(cache_root.glob(".*tmp*"))
+
+
+def test_truncated_jpeg_names_the_file(tiny_root, cache_root):
+    split = get_split(tiny_root, "train")
+    path = split.image_path("ISIC_0000002")
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(DataError, match=r"ISIC_0000002\.jpg is corrupt or truncated"):
+        build_cache(split, size=32, progress=False)
+    assert _no_cache_left(cache_root)
+
+
+def test_missing_masks_are_all_listed(tiny_root, cache_root):
+    split = get_split(tiny_root, "train")
+    for name in ("ISIC_0000000_attribute_streaks.png", "ISIC_0000005_attribute_globules.png"):
+        (split.mask_dir / name).unlink()
+    with pytest.raises(DataError) as err:
+        build_cache(split, size=32, progress=False)
+    msg = str(err.value)
+    assert "2 mask file(s) missing" in msg
+    assert "ISIC_0000000_attribute_streaks.png" in msg and "ISIC_0000005_attribute_globules.png" in msg
+    assert _no_cache_left(cache_root)
+
+
+def test_mask_of_wrong_size(tiny_root, cache_root):
+    split = get_split(tiny_root, "train")
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(split.mask_path("ISIC_0000001", "globules"))
+    with pytest.raises(DataError, match=r"ISIC_0000001_attribute_globules\.png is 10x10 but its image is 80x60"):
+        build_cache(split, size=32, progress=False)
+    assert _no_cache_left(cache_root)
+
+
+def test_rgb_mask(tiny_root, cache_root):
+    split = get_split(tiny_root, "train")
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(split.mask_path("ISIC_0000000", "streaks"))
+    with pytest.raises(DataError, match=r"ISIC_0000000_attribute_streaks\.png has mode RGB"):
+        build_cache(split, size=32, progress=False)
+    assert _no_cache_left(cache_root)
+
+
+def test_mask_values_other_than_0_255_are_binarized_with_a_warning(tiny_root, cache_root):
+    split = get_split(tiny_root, "train")
+    m = np.zeros((48, 64), np.uint8)
+    m[:10, :10] = 200  # 100 pixels, counted as foreground
+    m[20:25, :10] = 100  # 50 pixels, counted as background
+    Image.fromarray(m, mode="L").save(split.mask_path("ISIC_0000000", "streaks"))
+    with pytest.warns(UserWarning, match=r"150 mask pixel\(s\) in 1 image.*ISIC_0000000.*binarized at > 127"):
+        cache = build_cache(split, size=64, progress=False)
+    np.testing.assert_allclose(cache.fraction[0, 2], 100 / (48 * 64))
+
+
+def test_interrupted_build_is_rebuilt_next_time(tiny_root, cache_root, monkeypatch):
+    import skinseg.data.cache as cache_mod
+
+    split = get_split(tiny_root, "train")
+    calls = {"n": 0}
+    real = cache_mod._load_sample
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cache_mod, "_load_sample", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        build_cache(split, size=32, workers=1, progress=False)
+    assert _no_cache_left(cache_root) and not list(cache_root.glob(".*"))
+    # a build killed without cleanup (dead pid) leaves a temp folder: it is ignored and removed
+    stale = cache_root / f".train-32-stretch-{fingerprint(split, 32, 'stretch')}.tmp-999999999"
+    stale.mkdir(parents=True)
+    (stale / "images.npy").write_bytes(b"half")
+    monkeypatch.setattr(cache_mod, "_load_sample", real)
+    cache = build_cache(split, size=32, progress=False)
+    assert len(cache) == 6 and not stale.exists()
+    assert json.loads((cache.path / "meta.json").read_text())["ids"][0] == "ISIC_0000000"
+    assert isinstance(SplitCache.open(cache.path), SplitCache)

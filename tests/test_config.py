@@ -1,0 +1,69 @@
+import pytest
+import yaml
+
+from skinseg.config import Config, ConfigError, parse_overrides
+
+
+def test_defaults_are_valid_and_round_trip_through_yaml(tmp_path):
+    cfg = Config()
+    path = tmp_path / "c.yaml"
+    cfg.to_yaml(path)
+    again = Config.from_yaml(path)
+    assert again == cfg
+    assert again.loss == {"bce": 1.0, "dice": 1.0}
+    assert again.mean == cfg.mean and isinstance(again.mean, tuple)
+
+
+def test_unknown_key_names_it_and_the_closest_valid_key(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("epochs: 3\nbatchsize: 4\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'batchsize'.*did you mean 'batch_size'"):
+        Config.from_yaml(path)
+
+
+@pytest.mark.parametrize(
+    "key,value,fragment",
+    [
+        ("model", "unet++", "unet, unet-residual, unet-attention, unet-convnext-attention"),
+        ("optimizer", "adamm", "adam, adamw, sgd, rmsprop, adabelief, adagrad"),
+        ("scheduler", "poly", "reduce_lr, cosine, cosine_restart, step, exp, onecycle"),
+        ("init", "he", "xavier, kaiming, orthogonal, normal, none"),
+        ("resize_mode", "crop", "stretch, pad"),
+    ],
+)
+def test_bad_choice_names_the_valid_choices(key, value, fragment):
+    with pytest.raises(ConfigError, match=key) as err:
+        Config.from_dict({key: value})
+    assert fragment in str(err.value)
+
+
+def test_bad_values_are_rejected():
+    with pytest.raises(ConfigError, match="image_size"):
+        Config(image_size=250)
+    with pytest.raises(ConfigError, match="epochs"):
+        Config.from_dict({"epochs": "many"})
+    with pytest.raises(ConfigError, match=r"unknown loss 'dise'.*did you mean 'dice'"):
+        Config.from_dict({"loss": {"dise": 1.0}})
+    with pytest.raises(ConfigError, match="pos_weight"):
+        Config.from_dict({"pos_weight": [1.0, 2.0]})
+    with pytest.raises(ConfigError, match="dev_fraction"):
+        Config.from_dict({"val_split": "dev"})
+
+
+def test_types_are_coerced_from_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"lr": "3e-4", "epochs": 2.0, "bilinear": "false", "t_max": 5}))
+    cfg = Config.from_yaml(path, overrides=parse_overrides(["batch_size=16", "loss={focal: 1, dice: 0.5}"]))
+    assert cfg.lr == pytest.approx(3e-4) and cfg.epochs == 2 and cfg.bilinear is False and cfg.t_max == 5
+    assert cfg.batch_size == 16 and cfg.loss == {"focal": 1.0, "dice": 0.5}
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        Config.from_yaml(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        Config.from_yaml(bad)
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_overrides(["epochs"])

@@ -1,0 +1,74 @@
+import numpy as np
+import torch
+
+from skinseg.config import Config
+from skinseg.data.dataset import dev_holdout, make_dataset, make_loader
+
+
+def _cfg(root, **kw):
+    return Config(data_root=str(root), image_size=32, batch_size=2, **kw)
+
+
+def test_eval_samples_are_normalized_tensors_with_ids(tiny_root, cache_root):
+    cfg = _cfg(tiny_root)
+    ds = make_dataset(cfg, "val", train=False)
+    s = ds[0]
+    assert s["id"] == "ISIC_0000100" and s["index"] == 0
+    assert s["image"].shape == (3, 32, 32) and s["image"].dtype == torch.float32
+    assert s["mask"].shape == (5, 32, 32) and s["mask"].dtype == torch.float32
+    assert set(s["mask"].unique().tolist()) <= {0.0, 1.0} and s["mask"][0].sum() == 64
+    raw = ds.cache.images[0].astype(np.float32) / 255
+    expected = (raw[..., 0] - cfg.mean[0]) / cfg.std[0]
+    np.testing.assert_allclose(s["image"][0].numpy(), expected, atol=1e-5)
+
+
+def test_train_augmentation_moves_image_and_mask_together(tiny_root, cache_root):
+    cfg = _cfg(tiny_root, aug_flip_p=1.0, aug_rotate90_p=0.0, aug_rotate_p=0.0, aug_scale_p=0.0, aug_color_p=0.0)
+    aug = make_dataset(cfg, "train", train=True)[0]
+    plain = make_dataset(cfg, "train", train=False)[0]
+    # horizontal + vertical flip with p=1 is a 180-degree rotation
+    torch.testing.assert_close(aug["mask"], plain["mask"].flip(1).flip(2))
+    torch.testing.assert_close(aug["image"], plain["image"].flip(1).flip(2))
+
+
+def test_default_train_pipeline_changes_samples_but_keeps_binary_masks(tiny_root, cache_root):
+    ds = make_dataset(_cfg(tiny_root), "train", train=True)
+    a, b = ds[0], ds[0]
+    for s in (a, b):
+        assert set(s["mask"].unique().tolist()) <= {0.0, 1.0}
+    names = [type(t).__name__ for t in ds.transform.transforms]
+    assert names[:6] == ["HorizontalFlip", "VerticalFlip", "RandomRotate90", "Rotate", "Affine", "ColorJitter"]
+
+
+def test_split_without_masks_yields_images_only(tiny_root, cache_root):
+    s = make_dataset(_cfg(tiny_root), "test", train=False)[1]
+    assert "mask" not in s and s["image"].shape == (3, 32, 32) and s["id"] == "ISIC_0000201"
+
+
+def test_loader_batches_and_is_seeded(tiny_root, cache_root):
+    cfg = _cfg(tiny_root)
+    order = lambda: [i for b in make_loader(cfg, "train", train=True) for i in b["id"]]  # noqa: E731
+    first, second = order(), order()
+    assert first == second and len(first) == 6
+    batch = next(iter(make_loader(cfg, "val", train=False)))
+    assert batch["image"].shape == (2, 3, 32, 32) and batch["mask"].shape == (2, 5, 32, 32)
+
+
+def test_dev_holdout_is_seeded_stratified_and_disjoint():
+    rng = np.random.default_rng(0)
+    present = rng.random((1000, 5)) < np.array([0.59, 0.07, 0.04, 0.26, 0.23])
+    dev = dev_holdout(present, 0.15, seed=1)
+    assert np.array_equal(dev, dev_holdout(present, 0.15, seed=1))
+    assert not np.array_equal(dev, dev_holdout(present, 0.15, seed=2))
+    assert 140 <= len(dev) <= 160
+    rare = np.flatnonzero(present[:, 2])  # streaks, the rarest
+    share = np.isin(rare, dev).mean()
+    assert 0.1 <= share <= 0.2
+
+
+def test_dev_split_from_config(tiny_root, cache_root):
+    cfg = _cfg(tiny_root, dev_fraction=0.34)
+    train = make_dataset(cfg, "train", train=False)
+    dev = make_dataset(cfg, "dev", train=False)
+    assert len(train) + len(dev) == 6 and len(dev) >= 1
+    assert not set(train.indices) & set(dev.indices)
