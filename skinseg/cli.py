@@ -41,6 +41,38 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from skinseg.config import Config, parse_overrides
+    from skinseg.train import train
+
+    cfg = Config.from_yaml(args.config, parse_overrides(args.set))
+    summary = train(cfg)
+    summary.pop("history")
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from skinseg.evaluation import evaluate_checkpoint, scores_table
+
+    result = evaluate_checkpoint(args.checkpoint, args.data, args.split, tta=args.tta, tuned=not args.untuned,
+                                 device=args.device)
+    print(scores_table(result.scores).to_string(float_format=lambda v: f"{v:.4f}"))
+    print(f"overall (micro-averaged Jaccard, the leaderboard score): {result.scores.overall:.4f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result.scores.to_official_json(), f, indent=2)
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from skinseg.evaluation import predict_folder
+
+    n = predict_folder(args.checkpoint, args.images, args.out, tta=args.tta, device=args.device)
+    print(f"wrote {n} mask files to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="skinseg", description="ISIC 2018 Task 2 lesion-attribute segmentation with U-Net variants."
@@ -68,17 +100,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--resize-mode", choices=("stretch", "pad"), default="stretch")
     p.set_defaults(func=_cmd_cache)
+
+    p = sub.add_parser("train", help="train one config; writes a run folder with checkpoints and metrics.csv")
+    p.add_argument("--config", required=True, help="params YAML, e.g. params/demo.yaml")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="official ISIC 2018 Task 2 score of a checkpoint on a split")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True, help="data root")
+    p.add_argument("--split", default="val", choices=("train", "val", "test", "dev"))
+    p.add_argument("--tta", default=None, choices=("none", "hflip", "hvflip"), help="default: the checkpoint's")
+    p.add_argument("--untuned", action="store_true", help="threshold 0.5 instead of the tuned thresholds")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", help="write the official-scorer-shaped JSON here")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("predict", help="write a challenge submission (one PNG per image and attribute)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--images", required=True, help="folder of ISIC_<id>.jpg images")
+    p.add_argument("--out", required=True, help="output folder for ISIC_<id>_attribute_<name>.png")
+    p.add_argument("--tta", default=None, choices=("none", "hflip", "hvflip"))
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_predict)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     from skinseg.config import ConfigError
     from skinseg.data.isic import DataError
+    from skinseg.train.checkpoint import CheckpointError
+    from skinseg.train.loop import TrainingError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DataError, ConfigError) as e:
+    except (DataError, ConfigError, CheckpointError, TrainingError) as e:
         print(f"skinseg {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -47,9 +47,21 @@ def test_split_without_masks_yields_images_only(tiny_root, cache_root):
 
 def test_loader_batches_and_is_seeded(tiny_root, cache_root):
     cfg = _cfg(tiny_root)
-    order = lambda: [i for b in make_loader(cfg, "train", train=True) for i in b["id"]]  # noqa: E731
-    first, second = order(), order()
-    assert first == second and len(first) == 6
+
+    def epoch(e, loader=None):
+        loader = loader or make_loader(cfg, "train", train=True)
+        loader.sampler.set_epoch(e)
+        return [b for b in loader]
+
+    first, again, other = epoch(0), epoch(0), epoch(1)
+    ids = [i for b in first for i in b["id"]]
+    assert ids == [i for b in again for i in b["id"]] and len(ids) == 6 and len(set(ids)) == 6
+    assert ids != [i for b in other for i in b["id"]]
+    # augmentation is seeded per (epoch, sample): identical tensors on a re-run, different in another epoch
+    for a, b in zip(first, again):
+        torch.testing.assert_close(a["image"], b["image"])
+        torch.testing.assert_close(a["mask"], b["mask"])
+    assert not torch.equal(first[0]["image"], other[0]["image"])
     batch = next(iter(make_loader(cfg, "val", train=False)))
     assert batch["image"].shape == (2, 3, 32, 32) and batch["mask"].shape == (2, 5, 32, 32)
 

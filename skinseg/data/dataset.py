@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from skinseg.config import Config
 from skinseg.data.augment import eval_transform, train_transform
@@ -19,21 +19,28 @@ class ISICDataset(Dataset):
 
     Splits without ground truth yield no ``"mask"``. ``indices`` restricts the dataset to a subset (the dev
     hold-out); ``index`` is always the position in the full cache, so original sizes can be looked up.
+    With ``seed`` set, the augmentation of every sample is seeded from (seed, epoch, position): the
+    :class:`EpochSampler` encodes the epoch into the index, so results do not depend on worker count or on
+    where a resumed run restarted.
     """
 
-    def __init__(self, cache: SplitCache, transform, indices: np.ndarray | None = None):
+    def __init__(self, cache: SplitCache, transform, indices: np.ndarray | None = None, seed: int | None = None):
         self.cache = cache
         self.transform = transform
         self.indices = np.arange(len(cache)) if indices is None else np.asarray(indices)
+        self.seed = seed
         self._images = None
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, k: int) -> dict:
+        epoch, k = divmod(int(k), len(self.indices))
         i = int(self.indices[k])
         if self._images is None:  # opened lazily so that each DataLoader worker maps its own view
             self._images = self.cache.images
+        if self.seed is not None:
+            self.transform.set_random_seed(int(np.random.SeedSequence([self.seed, epoch, k]).generate_state(1)[0]))
         image = np.asarray(self._images[i])
         sample = {"id": self.cache.ids[i], "index": i}
         if self.cache.has_masks:
@@ -44,6 +51,29 @@ class ISICDataset(Dataset):
         else:
             sample["image"] = self.transform(image=image)["image"]
         return sample
+
+
+class EpochSampler(Sampler):
+    """A DistributedSampler (shuffled by seed + epoch, sharded by rank) whose indices carry the epoch.
+
+    Index ``epoch * len(dataset) + k`` tells :class:`ISICDataset` both the sample and the epoch, so the
+    augmentation seed is known inside DataLoader workers without shared state.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int, rank: int = 0, world: int = 1):
+        self.n = len(dataset)
+        self.inner = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.inner.set_epoch(epoch)
+
+    def __iter__(self):
+        return (self.epoch * self.n + i for i in self.inner)
+
+    def __len__(self) -> int:
+        return len(self.inner)
 
 
 def dev_holdout(present: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -95,35 +125,26 @@ def make_dataset(cfg: Config, split: str, train: bool) -> ISICDataset:
     return ISICDataset(cache, train_transform(cfg) if train else eval_transform(cfg), indices)
 
 
-def _seed_worker(worker_id: int) -> None:
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    import random
+def make_loader(cfg: Config, split: str, train: bool, rank: int = 0, world: int = 1,
+                dataset: ISICDataset | None = None) -> DataLoader:
+    """DataLoader for a split: shuffled + augmented (:class:`EpochSampler`) for training, ordered for evaluation.
 
-    random.seed(seed)
-
-
-def make_loader(cfg: Config, split: str, train: bool, distributed: bool = False,
-                dataset: Dataset | None = None) -> DataLoader:
-    """DataLoader for a split: shuffled + augmented for training, ordered for evaluation.
-
-    Seeded through a torch Generator so that the same config and seed give the same batches.
+    Evaluation shards by rank without padding (``indices[rank::world]``), so no image is counted twice when
+    scores are summed across ranks.
     """
-    dataset = dataset if dataset is not None else make_dataset(cfg, split, train)
-    sampler = None
-    if distributed:
-        sampler = torch.utils.data.distributed.DistributedSampler(dataset, shuffle=train, seed=cfg.seed)
-    gen = torch.Generator()
-    gen.manual_seed(cfg.seed)
+    if dataset is None:
+        dataset = make_dataset(cfg, split, train)
+    if train:
+        dataset.seed = cfg.seed
+        sampler = EpochSampler(dataset, cfg.seed, rank, world)
+    else:
+        sampler = list(range(rank, len(dataset), world))
     return DataLoader(
         dataset,
         batch_size=cfg.batch_size,
-        shuffle=train and sampler is None,
         sampler=sampler,
-        drop_last=train and len(dataset) > cfg.batch_size,
+        drop_last=train and len(sampler) > cfg.batch_size,
         num_workers=cfg.num_workers,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=cfg.num_workers > 0,
-        worker_init_fn=_seed_worker,
-        generator=gen,
     )

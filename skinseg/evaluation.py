@@ -1,0 +1,73 @@
+"""Checkpoint-level verbs: evaluate a checkpoint on a split, write a submission for a folder of images."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from skinseg.config import Config
+from skinseg.data.cache import build_cache
+from skinseg.data.dataset import ISICDataset, make_loader
+from skinseg.data.augment import eval_transform
+from skinseg.data.isic import ATTRIBUTES, DataError, Split, get_split, list_image_ids
+from skinseg.inference import EvalResult, evaluate, write_submission
+from skinseg.metrics import Scores
+from skinseg.models import model_from_config
+from skinseg.train.checkpoint import load_checkpoint, load_model_weights
+from skinseg.train.distributed import pick_amp, pick_device
+
+
+def load_for_inference(checkpoint: str | Path, device: str = "auto"):
+    """(model in eval mode, config, checkpoint state, device, amp dtype) from a checkpoint file."""
+    state = load_checkpoint(checkpoint)
+    cfg = Config.from_dict({k: v for k, v in state["config"].items()}, source=str(checkpoint))
+    cfg = cfg.replace(pretrained=False, pretrained_path=None, load=None)  # weights come from the checkpoint
+    dev = pick_device(device)
+    model = model_from_config(cfg)
+    load_model_weights(model, state, checkpoint)
+    model = model.to(dev).eval()
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    amp_dtype, _ = pick_amp(cfg.amp, dev)
+    return model, cfg, state, dev, amp_dtype
+
+
+def evaluate_checkpoint(checkpoint, data_root, split: str = "val", tta: str | None = None, tuned: bool = True,
+                        device: str = "auto", per_image: bool = False, num_workers: int = 0) -> EvalResult:
+    """Official score of a checkpoint on a split, with its tuned thresholds (and gates) unless ``tuned=False``."""
+    model, cfg, state, dev, amp_dtype = load_for_inference(checkpoint, device)
+    cfg = cfg.replace(data_root=str(data_root), num_workers=num_workers)
+    loader = make_loader(cfg, split, train=False)
+    if not loader.dataset.cache.has_masks:
+        raise DataError(f"split {split!r} below {data_root} has no ground truth; use `skinseg predict` instead")
+    thresholds = state["thresholds"] if tuned else [0.5] * cfg.classes
+    gates = state["gates"] if tuned and cfg.aux_head else None
+    return evaluate(model, loader, dev, thresholds, gates, tta=tta or cfg.tta, amp_dtype=amp_dtype,
+                    channels_last=cfg.channels_last, per_image=per_image, reduce=False)
+
+
+def predict_folder(checkpoint, images_dir, out_dir, tta: str | None = None, device: str = "auto",
+                   num_workers: int = 0) -> int:
+    """Write a challenge submission for every ``ISIC_<id>.jpg`` in ``images_dir``."""
+    model, cfg, state, dev, amp_dtype = load_for_inference(checkpoint, device)
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        raise DataError(f"image folder {images_dir} does not exist")
+    ids = list_image_ids(images_dir)
+    if not ids:
+        raise DataError(f"no ISIC_<7 digits>.jpg images in {images_dir}")
+    cache = build_cache(Split("predict", images_dir, None, ids), cfg.image_size, cfg.resize_mode)
+    loader = make_loader(cfg.replace(num_workers=num_workers), "test", train=False,
+                         dataset=ISICDataset(cache, eval_transform(cfg)))
+    gates = state["gates"] if cfg.aux_head else None
+    return write_submission(model, loader, out_dir, dev, state["thresholds"], gates, tta=tta or cfg.tta,
+                            amp_dtype=amp_dtype, channels_last=cfg.channels_last)
+
+
+def scores_table(scores: Scores) -> pd.DataFrame:
+    """Per-attribute Jaccard and Dice, then the micro (overall) and macro averages."""
+    rows = {a: {"jaccard": scores.jaccard[a], "dice": scores.dice[a]} for a in ATTRIBUTES}
+    rows["micro_average (overall)"] = {"jaccard": scores.micro_jaccard, "dice": scores.micro_dice}
+    rows["macro_average"] = {"jaccard": scores.macro_jaccard, "dice": scores.macro_dice}
+    return pd.DataFrame(rows).T

@@ -1,0 +1,234 @@
+"""The official ISIC 2018 Task 2 score, as streaming accumulators.
+
+Per image and attribute: binarize truth and prediction, count TP, FP, FN, TN and divide them by the image's
+pixel count, so every image weighs the same whatever its size; sum over all images. Per-attribute Jaccard =
+TP / (TP + FP + FN) and Dice = 2TP / (2TP + FP + FN) from that attribute's sums (1.0 when TP + FP + FN = 0).
+The overall score, the leaderboard number, is the micro average: the Jaccard of the sums over all images and
+all attributes. The macro average (mean of per-attribute Jaccards) is reported beside it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from skinseg.data.isic import ATTRIBUTES
+
+
+def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    return torch.where(den > 0, num / den.clamp_min(1e-30), torch.ones_like(num))
+
+
+@dataclass
+class Scores:
+    """Per-attribute and averaged Jaccard/Dice of one evaluation."""
+
+    jaccard: dict[str, float]
+    dice: dict[str, float]
+    micro_jaccard: float
+    micro_dice: float
+    macro_jaccard: float
+    macro_dice: float
+
+    @property
+    def overall(self) -> float:
+        """The leaderboard number: micro-averaged Jaccard."""
+        return self.micro_jaccard
+
+    def to_official_json(self) -> dict:
+        """Shaped like the official scorer's output."""
+        out: dict = {a: {"jaccard": self.jaccard[a], "dice": self.dice[a]} for a in self.jaccard}
+        out["micro_average"] = {"jaccard": self.micro_jaccard, "dice": self.micro_dice}
+        out["macro_average"] = {"jaccard": self.macro_jaccard, "dice": self.macro_dice}
+        out["overall"] = self.micro_jaccard
+        return out
+
+    def flat(self, prefix: str = "") -> dict[str, float]:
+        """Flat columns for metrics.csv."""
+        row = {f"{prefix}jaccard_{a}": v for a, v in self.jaccard.items()}
+        row.update({f"{prefix}dice_{a}": v for a, v in self.dice.items()})
+        row.update({f"{prefix}jaccard": self.micro_jaccard, f"{prefix}dice": self.micro_dice,
+                    f"{prefix}macro_jaccard": self.macro_jaccard})
+        return row
+
+
+def scores_from_counts(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor,
+                       attributes: tuple[str, ...] = ATTRIBUTES) -> Scores:
+    tp, fp, fn = (t.double().cpu() for t in (tp, fp, fn))
+    jac = _ratio(tp, tp + fp + fn)
+    dice = _ratio(2 * tp, 2 * tp + fp + fn)
+    T, P, N = tp.sum(), fp.sum(), fn.sum()
+    return Scores(
+        jaccard={a: float(v) for a, v in zip(attributes, jac)},
+        dice={a: float(v) for a, v in zip(attributes, dice)},
+        micro_jaccard=float(_ratio(T, T + P + N)),
+        micro_dice=float(_ratio(2 * T, 2 * T + P + N)),
+        macro_jaccard=float(jac.mean()),
+        macro_dice=float(dice.mean()),
+    )
+
+
+class OfficialScore:
+    """Streaming accumulator of the official score; counts stay on the device of the first update.
+
+    Args:
+        classes: number of attributes (channels).
+        attributes: their names, for the report.
+    """
+
+    def __init__(self, classes: int = len(ATTRIBUTES), attributes: tuple[str, ...] = ATTRIBUTES):
+        self.classes = classes
+        self.attributes = attributes[:classes] if len(attributes) >= classes else tuple(f"c{i}" for i in range(classes))
+        self.reset()
+
+    def reset(self) -> None:
+        self.counts = torch.zeros(4, self.classes, dtype=torch.float64)  # tp, fp, fn, tn
+        self.images = 0
+
+    @torch.no_grad()
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """Add a batch: ``pred`` binary decisions (bool or 0/1), ``target`` 0/1 masks; both B x C x H x W.
+
+        Images of different sizes are added one call each (or with :meth:`update_image`).
+        """
+        if pred.shape != target.shape:
+            raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
+        if pred.dim() == 3:
+            pred, target = pred[None], target[None]
+        p, t = pred.bool(), target > 0.5
+        pixels = p.shape[-1] * p.shape[-2]
+        tp = (p & t).sum((-1, -2)).double()
+        fp = (p & ~t).sum((-1, -2)).double()
+        fn = (~p & t).sum((-1, -2)).double()
+        tn = pixels - tp - fp - fn
+        batch = torch.stack([tp, fp, fn, tn]).sum(1) / pixels  # normalized per image, summed over the batch
+        if self.counts.device != batch.device:
+            self.counts = self.counts.to(batch.device)
+        self.counts += batch
+        self.images += p.shape[0]
+
+    update_image = update
+
+    def merge(self, other: "OfficialScore") -> None:
+        self.counts = self.counts + other.counts.to(self.counts.device)
+        self.images += other.images
+
+    def all_reduce(self) -> None:
+        """Sum the counts across DDP ranks (no-op without an initialized process group)."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            state = torch.cat([self.counts.flatten(), torch.tensor([float(self.images)], dtype=torch.float64,
+                                                                   device=self.counts.device)])
+            if torch.distributed.get_backend() == "nccl":
+                state = state.cuda()
+            torch.distributed.all_reduce(state)
+            self.counts = state[:-1].view(4, self.classes).to(self.counts.device)
+            self.images = int(round(float(state[-1])))
+
+    def compute(self) -> Scores:
+        tp, fp, fn, _ = self.counts
+        return scores_from_counts(tp, fp, fn, self.attributes)
+
+
+def official_score(preds, targets) -> Scores:
+    """Official score of lists (or batches) of binary predictions and truths; sizes may differ per image."""
+    acc = OfficialScore(classes=preds[0].shape[-3])
+    for p, t in zip(preds, targets):
+        acc.update(torch.as_tensor(p), torch.as_tensor(t))
+    return acc.compute()
+
+
+class ThresholdSweep:
+    """Streams per-image normalized histograms of probabilities, to score every threshold at once.
+
+    With ``bins`` thresholds at k / bins, TP(t) is the normalized count of positive pixels with probability
+    >= t, summed over images; FP and FN likewise. That makes per-attribute threshold tuning (and gating by a
+    presence probability) exact on the official metric without storing predictions.
+    """
+
+    def __init__(self, classes: int = len(ATTRIBUTES), bins: int = 100,
+                 gate_cutoffs: tuple[float, ...] = (0.0,)):
+        self.classes, self.bins = classes, bins
+        self.gate_cutoffs = torch.tensor(gate_cutoffs, dtype=torch.float64)
+        g = len(gate_cutoffs)
+        self.pos = torch.zeros(g, classes, bins, dtype=torch.float64)  # gated-in positive pixels per bin
+        self.neg = torch.zeros(g, classes, bins, dtype=torch.float64)
+        self.pos_total = torch.zeros(classes, dtype=torch.float64)  # all positive pixels (FN when gated out)
+
+    @torch.no_grad()
+    def update(self, probs: torch.Tensor, target: torch.Tensor, presence: torch.Tensor | None = None) -> None:
+        """``probs`` and ``target`` B x C x H x W; ``presence`` optional B x C presence probabilities."""
+        if probs.dim() == 3:
+            probs, target = probs[None], target[None]
+            presence = None if presence is None else presence[None]
+        b, c, h, w = probs.shape
+        idx = (probs.float().clamp(0, 1) * self.bins).long().clamp_max(self.bins - 1).view(b, c, -1)
+        t = (target > 0.5).view(b, c, -1)
+        offs = (torch.arange(b * c, device=idx.device) * self.bins).view(b, c, 1)
+        flat = (idx + offs).view(-1)
+        pos = torch.bincount(flat[t.reshape(-1)], minlength=b * c * self.bins).view(b, c, self.bins)
+        neg = torch.bincount(flat[~t.reshape(-1)], minlength=b * c * self.bins).view(b, c, self.bins)
+        pos, neg = pos.double().cpu() / (h * w), neg.double().cpu() / (h * w)
+        if presence is None:
+            keep = torch.ones(len(self.gate_cutoffs), b, c, dtype=torch.float64)
+        else:
+            keep = (presence.double().cpu()[None] >= self.gate_cutoffs.view(-1, 1, 1)).double()
+        self.pos += torch.einsum("gbc,bck->gck", keep, pos)
+        self.neg += torch.einsum("gbc,bck->gck", keep, neg)
+        self.pos_total += pos.sum((0, 2))
+
+    def all_reduce(self) -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            for name in ("pos", "neg", "pos_total"):
+                t = getattr(self, name)
+                t = t.cuda() if torch.distributed.get_backend() == "nccl" else t
+                torch.distributed.all_reduce(t)
+                setattr(self, name, t.cpu())
+
+    def counts(self, thresholds, gate: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """TP, FP, FN per attribute at per-attribute thresholds (probability >= t is positive)."""
+        k = torch.as_tensor([int(round(float(t) * self.bins)) for t in thresholds]).clamp(0, self.bins)
+        ar = torch.arange(self.bins)
+        above = (ar[None, :] >= k[:, None]).double()
+        tp = (self.pos[gate] * above).sum(-1)
+        fp = (self.neg[gate] * above).sum(-1)
+        fn = self.pos_total - tp
+        return tp, fp, fn
+
+    def scores(self, thresholds, gate: int = 0) -> Scores:
+        return scores_from_counts(*self.counts(thresholds, gate))
+
+    def tune(self, rounds: int = 3, grid: tuple[float, ...] | None = None,
+             tune_gate: bool = False) -> tuple[list[float], list[float], float]:
+        """Per-attribute thresholds (and, with ``tune_gate``, one presence cut-off per attribute chosen from
+        ``gate_cutoffs``) maximizing the overall micro Jaccard, by coordinate ascent from 0.5.
+
+        Returns:
+            thresholds, gate cut-offs (list per attribute; 0.0 means no gating), and the tuned overall score.
+        """
+        grid = grid or tuple(k / self.bins for k in range(1, self.bins))
+        thr = [0.5] * self.classes
+        gates = [0] * self.classes
+        g_options = range(len(self.gate_cutoffs)) if tune_gate else [0]
+
+        def total(thr, gates):
+            tp = fp = fn = 0.0
+            for c in range(self.classes):
+                a, b, d = (x[c] for x in self.counts(thr, gates[c]))
+                tp, fp, fn = tp + a, fp + b, fn + d
+            return float(tp / (tp + fp + fn)) if tp + fp + fn > 0 else 1.0
+
+        best = total(thr, gates)
+        for _ in range(rounds):
+            improved = False
+            for c in range(self.classes):
+                for g in g_options:
+                    for t in grid:
+                        cand_t, cand_g = list(thr), list(gates)
+                        cand_t[c], cand_g[c] = t, g
+                        s = total(cand_t, cand_g)
+                        if s > best + 1e-12:
+                            best, thr, gates, improved = s, cand_t, cand_g, True
+            if not improved:
+                break
+        cutoffs = [float(self.gate_cutoffs[g]) for g in gates]
+        return [round(t, 4) for t in thr], cutoffs, best

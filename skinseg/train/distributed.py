@@ -1,0 +1,85 @@
+"""Runtime: device and AMP choice, seeding, and torchrun/DDP setup."""
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from skinseg.config import Config
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    use_scaler: bool
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: cuda was asked for but no CUDA GPU is visible; use device: auto or cpu")
+    return torch.device(name)
+
+
+def pick_amp(mode: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, whether a GradScaler is needed). ``auto``: bf16 where the GPU supports it,
+    fp16 with a scaler on older GPUs, off on CPU."""
+    if mode == "off":
+        return None, False
+    if mode == "auto":
+        if device.type != "cuda":
+            return None, False
+        return (torch.bfloat16, False) if torch.cuda.is_bf16_supported() else (torch.float16, True)
+    if mode == "bf16":
+        return torch.bfloat16, False
+    if device.type != "cuda":
+        raise RuntimeError("amp: fp16 needs a CUDA GPU (it uses a GradScaler); use bf16 or off on this device")
+    return torch.float16, True
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def setup_runtime(cfg: Config) -> Runtime:
+    """Device, AMP and, under torchrun (WORLD_SIZE > 1), the process group: nccl on CUDA, gloo otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(cfg.device)
+    if world > 1:
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if not torch.distributed.is_initialized():
+            torch.distributed.init_process_group(backend=backend)
+        if device.type == "cuda":
+            torch.cuda.set_device(local_rank)
+            device = torch.device("cuda", local_rank)
+    amp_dtype, use_scaler = pick_amp(cfg.amp, device)
+    return Runtime(device, amp_dtype, use_scaler, rank, world, local_rank)
+
+
+def cleanup() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

@@ -1,0 +1,292 @@
+"""The trainer: a short ``fit`` calling named hooks, nnU-Net style, without the 1400 lines.
+
+    fit: for each epoch -> on_epoch_start -> train_epoch (train_step per batch) -> validate -> on_epoch_end
+
+A run folder ``<output_dir>/<time>_<model>_<name>/`` holds config.yaml, metrics.csv, best.pt and last.pt.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from skinseg.config import Config
+from skinseg.data.dataset import make_dataset, make_loader
+from skinseg.data.isic import ATTRIBUTES
+from skinseg.inference import GATE_CUTOFFS, OriginalMasks, autocast, evaluate, needs_original
+from skinseg.losses import CombinedLoss
+from skinseg.models import model_from_config
+from skinseg.paths import resolve
+from skinseg.train.checkpoint import (CheckpointError, load_checkpoint, load_model_weights, rng_state,
+                                      save_checkpoint, set_rng_state)
+from skinseg.train.distributed import Runtime, cleanup, seed_everything, setup_runtime
+from skinseg.train.optim import Schedule, build_optimizer
+
+CSV_COLUMNS = (
+    ["kind", "epoch", "step", "time", "loss", "lr", "train_loss", "val_loss", "epoch_seconds", "images_per_s"]
+    + [f"val_jaccard_{a}" for a in ATTRIBUTES] + [f"val_dice_{a}" for a in ATTRIBUTES]
+    + ["val_jaccard", "val_dice", "val_macro_jaccard", "val_tuned_jaccard"]
+)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, out of memory); the message says what to try."""
+
+
+class Trainer:
+    """Trains one config; ``fit()`` returns a summary with the run folder and the best score."""
+
+    def __init__(self, cfg: Config, progress: bool = True):
+        self.cfg = cfg
+        self.rt: Runtime = setup_runtime(cfg)
+        self.progress = progress and self.rt.main
+        seed_everything(cfg.seed)
+        self.train_loader = make_loader(cfg, cfg.train_split, True, self.rt.rank, self.rt.world)
+        self.val_loader = make_loader(cfg, cfg.val_split, False, self.rt.rank, self.rt.world,
+                                      dataset=make_dataset(cfg, cfg.val_split, train=False))
+        self.originals = OriginalMasks(self.val_loader.dataset.cache) if needs_original(
+            self.val_loader.dataset.cache) else None
+        self.model = model_from_config(cfg).to(self.rt.device)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        if hasattr(self.model, "freeze_encoder"):
+            self.model.freeze_encoder(False)  # the optimizer must see every parameter; freezing is per epoch
+        self.optimizer = build_optimizer(cfg, self.model)
+        self.steps_per_epoch = math.ceil(len(self.train_loader) / cfg.accumulate)
+        self.schedule = Schedule(cfg, self.optimizer, self.steps_per_epoch)
+        self.scaler = torch.amp.GradScaler(self.rt.device.type, enabled=self.rt.use_scaler)
+        self.loss_fn = CombinedLoss.from_config(cfg).to(self.rt.device)
+        self.ema = None
+        if cfg.ema:
+            self.ema = torch.optim.swa_utils.AveragedModel(
+                self.model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+        self.net = self.model
+        if self.rt.distributed:
+            ids = [self.rt.local_rank] if self.rt.device.type == "cuda" else None
+            self.net = DistributedDataParallel(self.model, device_ids=ids,
+                                               find_unused_parameters=cfg.freeze_encoder > 0)
+        if cfg.compile:
+            self.net = torch.compile(self.net)
+        self.epoch, self.step = 0, 0
+        self.history: list[dict[str, Any]] = []
+        self.best = {"score": -1.0, "epoch": 0, "thresholds": [cfg.threshold] * cfg.classes,
+                     "gates": [0.0] * cfg.classes}
+        self.stale_epochs = 0
+        self.run_dir = self._resume(cfg.load) if cfg.load else self._new_run_dir()
+
+    # ---- the loop --------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        try:
+            for epoch in range(self.epoch, self.cfg.epochs):
+                self.on_epoch_start(epoch)
+                train_loss, seconds = self.train_epoch(epoch)
+                result = self.validate()
+                if self.on_epoch_end(epoch, train_loss, seconds, result):
+                    break
+        finally:
+            if self.rt.distributed:
+                cleanup()
+        return self.summary()
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.train_loader.sampler.set_epoch(epoch)
+        self.net.train()
+        if self.cfg.freeze_encoder and hasattr(self.model, "freeze_encoder"):
+            # after .train(), so that a frozen encoder's BatchNorm stays in eval mode
+            self.model.freeze_encoder(epoch < self.cfg.freeze_encoder)
+
+    def train_epoch(self, epoch: int) -> tuple[float, float]:
+        start, total, count = time.perf_counter(), 0.0, 0
+        n = len(self.train_loader)
+        bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", leave=False,
+                   disable=not self.progress)
+        self.optimizer.zero_grad(set_to_none=True)
+        for k, batch in enumerate(bar):
+            loss = self.train_step(batch, epoch, update=(k + 1) % self.cfg.accumulate == 0 or k + 1 == n)
+            total += loss * len(batch["image"])
+            count += len(batch["image"])
+            bar.set_postfix(loss=f"{loss:.4f}")
+        loss_sum = torch.tensor([total, count], dtype=torch.float64)
+        if self.rt.distributed:
+            torch.distributed.all_reduce(loss_sum)
+        seconds = time.perf_counter() - start
+        return float(loss_sum[0] / max(loss_sum[1], 1)), seconds
+
+    def train_step(self, batch: dict, epoch: int, update: bool) -> float:
+        x = batch["image"].to(self.rt.device, non_blocking=True)
+        y = batch["mask"].to(self.rt.device, non_blocking=True)
+        if self.cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        try:
+            with autocast(self.rt.device, self.rt.amp_dtype):
+                out = self.net(x)
+            loss = self.loss_fn(out, y)
+            if not torch.isfinite(loss):
+                self._non_finite(loss, batch, epoch)
+            self.scaler.scale(loss / self.cfg.accumulate).backward()
+        except torch.cuda.OutOfMemoryError as e:
+            raise TrainingError(
+                f"CUDA out of memory with batch_size {self.cfg.batch_size} at image_size {self.cfg.image_size} "
+                f"({self.cfg.model}); try batch_size {max(1, self.cfg.batch_size // 2)} with accumulate "
+                f"{self.cfg.accumulate * 2}, amp: bf16, or a smaller image_size"
+            ) from e
+        if update:
+            if self.cfg.grad_clip:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.schedule.after_batch()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
+            self.step += 1
+            self._log({"kind": "step", "epoch": epoch + 1, "step": self.step, "loss": loss.item(),
+                       "lr": self.optimizer.param_groups[0]["lr"]})
+        return loss.item()
+
+    def validate(self):
+        model = self.ema.module if self.ema is not None else self.model
+        return evaluate(model, self.val_loader, self.rt.device, thresholds=[self.cfg.threshold] * self.cfg.classes,
+                        amp_dtype=self.rt.amp_dtype, loss_fn=self.loss_fn, channels_last=self.cfg.channels_last,
+                        originals=self.originals, gate_cutoffs=GATE_CUTOFFS if self.cfg.aux_head else (0.0,),
+                        tta=self.cfg.tta)
+
+    def on_epoch_end(self, epoch: int, train_loss: float, seconds: float, result) -> bool:
+        """Log, tune thresholds, step reduce_lr, save checkpoints; True to stop early."""
+        self.epoch = epoch + 1
+        thresholds, gates, tuned = [self.cfg.threshold] * self.cfg.classes, [0.0] * self.cfg.classes, float("nan")
+        if self.cfg.tune_thresholds:
+            thresholds, gates, tuned = result.sweep.tune(tune_gate=self.cfg.aux_head)
+        row = {"kind": "epoch", "epoch": self.epoch, "step": self.step, "train_loss": train_loss,
+               "val_loss": result.loss, "epoch_seconds": seconds,
+               "images_per_s": len(self.train_loader.dataset) / max(seconds, 1e-9),
+               "lr": self.optimizer.param_groups[0]["lr"], **result.scores.flat("val_"),
+               "val_tuned_jaccard": tuned}
+        self.history.append(row)
+        self._log(row)
+        score = tuned if self.cfg.tune_thresholds else result.scores.overall
+        self.schedule.after_epoch(score)
+        improved = score > self.best["score"]
+        if improved:
+            self.best = {"score": score, "epoch": self.epoch, "thresholds": thresholds, "gates": gates}
+            self.stale_epochs = 0
+        else:
+            self.stale_epochs += 1
+        if self.rt.main:
+            state = self._state()
+            save_checkpoint(state, self.run_dir / "last.pt")
+            if improved:
+                save_checkpoint(state, self.run_dir / "best.pt")
+        if self.progress:
+            tqdm.write(f"epoch {self.epoch}: train loss {train_loss:.4f}, val loss {result.loss:.4f}, "
+                       f"val jaccard {result.scores.overall:.4f}, tuned {tuned:.4f}, {seconds:.1f}s")
+        return self.cfg.patience is not None and self.stale_epochs >= self.cfg.patience
+
+    # ---- state -----------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        model = self.ema.module if self.ema is not None else self.model
+        return {
+            "model": model.state_dict(),
+            "train_model": self.model.state_dict() if self.ema is not None else None,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "config": self.cfg.to_dict(),
+            "thresholds": self.best["thresholds"],
+            "gates": self.best["gates"],
+            "best": self.best,
+            "stale_epochs": self.stale_epochs,
+            "history": self.history,
+            "rng": rng_state(),
+        }
+
+    def _resume(self, path: str) -> Path:
+        path = resolve(path)
+        state = load_checkpoint(path, map_location=self.rt.device)
+        saved = state["config"].get("model")
+        if saved != self.cfg.model:
+            raise CheckpointError(
+                f"{path} is a checkpoint of model {saved!r} but this config trains {self.cfg.model!r}; "
+                f"set model: {saved} (and its options) to resume it, or drop `load`"
+            )
+        load_model_weights(self.model, {**state, "model": state["train_model"] or state["model"]}, path)
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.history, self.best, self.stale_epochs = state["history"], state["best"], state["stale_epochs"]
+        set_rng_state(state["rng"])
+        run_dir = path.parent
+        if self.rt.main:
+            self._truncate_csv(run_dir / "metrics.csv")
+        return run_dir
+
+    def _new_run_dir(self) -> Path:
+        root = resolve(self.cfg.output_dir)
+        name = self.cfg.run_name or "+".join(self.cfg.loss)
+        run_dir = root / f"{datetime.now():%Y%m%d-%H%M%S}_{self.cfg.model}_{name}"
+        if self.rt.distributed:  # every rank must agree on the folder name
+            names = [None] * self.rt.world
+            torch.distributed.all_gather_object(names, str(run_dir))
+            run_dir = Path(names[0])
+        if self.rt.main:
+            suffix, base = 1, run_dir
+            while run_dir.exists():
+                suffix += 1
+                run_dir = Path(f"{base}-{suffix}")
+            run_dir.mkdir(parents=True)
+            self.cfg.to_yaml(run_dir / "config.yaml")
+            with open(run_dir / "metrics.csv", "w", newline="") as f:
+                csv.DictWriter(f, CSV_COLUMNS).writeheader()
+        return run_dir
+
+    def _truncate_csv(self, path: Path) -> None:
+        """Drop rows past the checkpoint, so a resumed run does not log an epoch twice."""
+        if not path.exists():
+            return
+        with open(path, newline="") as f:
+            rows = [r for r in csv.DictReader(f)
+                    if (r["kind"] == "step" and int(r["step"]) <= self.step)
+                    or (r["kind"] == "epoch" and int(r["epoch"]) <= self.epoch)]
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, CSV_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def _log(self, row: dict[str, Any]) -> None:
+        if not self.rt.main:
+            return
+        row = {"time": f"{time.time():.3f}", **row}
+        with open(self.run_dir / "metrics.csv", "a", newline="") as f:
+            csv.DictWriter(f, CSV_COLUMNS, extrasaction="ignore").writerow(row)
+
+    def _non_finite(self, loss: torch.Tensor, batch: dict, epoch: int) -> None:
+        last = self.run_dir / "last.pt"
+        kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
+        raise TrainingError(
+            f"loss became {float(loss)} at epoch {epoch + 1}, step {self.step + 1} (images "
+            f"{', '.join(batch['id'][:4])}); {kept}. Try a lower lr, grad_clip: 1.0, warmup_epochs, or amp: off"
+        )
+
+    def summary(self) -> dict[str, Any]:
+        return {"run_dir": str(self.run_dir), "best_epoch": self.best["epoch"], "best_score": self.best["score"],
+                "thresholds": self.best["thresholds"], "gates": self.best["gates"], "epochs_run": self.epoch,
+                "history": self.history}
+
+
+def train(cfg: Config, progress: bool = True) -> dict[str, Any]:
+    """Train one config and return the summary (run folder, best epoch and score, tuned thresholds)."""
+    return Trainer(cfg, progress=progress).fit()

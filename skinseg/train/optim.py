@@ -1,0 +1,84 @@
+"""Optimizers (through timm.optim) and learning-rate schedulers (torch), all stepped per batch but reduce_lr.
+
+Epoch-based settings (``t_max``, ``step_size``) are converted to optimizer steps, so onecycle, cosine and the
+rest follow the batches; reduce_lr watches the validation score once per epoch.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from timm.optim import create_optimizer_v2
+from torch.optim import lr_scheduler
+
+from skinseg.config import Config
+
+# config name -> timm optimizer name ("sgd" in timm is nesterov; the course project's SGD was plain momentum)
+_TIMM_OPT = {"adam": "adam", "adamw": "adamw", "sgd": "momentum", "rmsprop": "rmsprop",
+             "adabelief": "adabelief", "adagrad": "adagrad"}
+
+
+def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    kwargs = {"momentum": cfg.momentum} if cfg.optimizer in ("sgd", "rmsprop") else {}
+    return create_optimizer_v2(model, opt=_TIMM_OPT[cfg.optimizer], lr=cfg.lr, weight_decay=cfg.weight_decay,
+                               **kwargs)
+
+
+class Schedule:
+    """One object the trainer steps: ``after_batch()`` every optimizer step, ``after_epoch(score)`` every epoch."""
+
+    def __init__(self, cfg: Config, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+        self.name = cfg.scheduler
+        spe = max(1, steps_per_epoch)
+        total = cfg.epochs * spe
+        warm = int(round(cfg.warmup_epochs * spe)) if cfg.scheduler != "onecycle" else 0
+        t_max = (cfg.t_max or cfg.epochs) * spe
+        main: lr_scheduler.LRScheduler | None
+        if cfg.scheduler == "onecycle":
+            main = lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total)
+        elif cfg.scheduler == "cosine":
+            main = lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, t_max - warm), eta_min=cfg.eta_min)
+        elif cfg.scheduler == "cosine_restart":
+            main = lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=max(1, t_max), eta_min=cfg.eta_min)
+        elif cfg.scheduler == "step":
+            main = lr_scheduler.StepLR(optimizer, step_size=cfg.step_size * spe, gamma=cfg.gamma)
+        elif cfg.scheduler == "exp":
+            main = lr_scheduler.ExponentialLR(optimizer, gamma=cfg.gamma ** (1 / spe))
+        else:  # reduce_lr and none: nothing per batch but the warm-up
+            main = None
+        self.plateau = (
+            lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=cfg.gamma, patience=cfg.reduce_lr_patience,
+                                           min_lr=cfg.eta_min)
+            if cfg.scheduler == "reduce_lr" else None
+        )
+        if warm and main is not None:
+            warmup = lr_scheduler.LinearLR(optimizer, start_factor=1e-3, total_iters=warm)
+            main = lr_scheduler.SequentialLR(optimizer, [warmup, main], milestones=[warm])
+        elif warm:
+            main = lr_scheduler.LinearLR(optimizer, start_factor=1e-3, total_iters=warm)
+        self.batch = main
+        self.warm = warm
+        self.steps = 0
+
+    def after_batch(self) -> None:
+        self.steps += 1
+        if self.batch is not None and (self.plateau is None or self.steps <= self.warm):
+            self.batch.step()
+
+    def after_epoch(self, score: float) -> None:
+        if self.plateau is not None and not math.isnan(score):
+            self.plateau.step(score)
+
+    def state_dict(self) -> dict:
+        return {
+            "steps": self.steps,
+            "batch": None if self.batch is None else self.batch.state_dict(),
+            "plateau": None if self.plateau is None else self.plateau.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = state["steps"]
+        if self.batch is not None and state["batch"] is not None:
+            self.batch.load_state_dict(state["batch"])
+        if self.plateau is not None and state["plateau"] is not None:
+            self.plateau.load_state_dict(state["plateau"])
