@@ -161,10 +161,10 @@ class ThresholdSweep:
             probs, target = probs[None], target[None]
             presence = None if presence is None else presence[None]
         b, c, h, w = probs.shape
-        idx = (probs.float().clamp(0, 1) * self.bins).long().clamp_max(self.bins - 1).view(b, c, -1)
-        t = (target > 0.5).view(b, c, -1)
+        idx = (probs.float().clamp(0, 1) * self.bins).long().clamp_max(self.bins - 1).reshape(b, c, -1)
+        t = (target > 0.5).reshape(b, c, -1)
         offs = (torch.arange(b * c, device=idx.device) * self.bins).view(b, c, 1)
-        flat = (idx + offs).view(-1)
+        flat = (idx + offs).reshape(-1)
         pos = torch.bincount(flat[t.reshape(-1)], minlength=b * c * self.bins).view(b, c, self.bins)
         neg = torch.bincount(flat[~t.reshape(-1)], minlength=b * c * self.bins).view(b, c, self.bins)
         pos, neg = pos.double().cpu() / (h * w), neg.double().cpu() / (h * w)

@@ -87,6 +87,7 @@ class Trainer:
             for epoch in range(self.epoch, self.cfg.epochs):
                 self.on_epoch_start(epoch)
                 train_loss, seconds = self.train_epoch(epoch)
+                self.sync_buffers()
                 result = self.validate()
                 if self.on_epoch_end(epoch, train_loss, seconds, result):
                     break
@@ -151,6 +152,15 @@ class Trainer:
             self._log({"kind": "step", "epoch": epoch + 1, "step": self.step, "loss": loss.item(),
                        "lr": self.optimizer.param_groups[0]["lr"]})
         return loss.item()
+
+    def sync_buffers(self) -> None:
+        """Average BatchNorm statistics across ranks, so every rank validates and saves the same model."""
+        if not self.rt.distributed:
+            return
+        for buf in self.model.buffers():
+            if buf.is_floating_point():
+                torch.distributed.all_reduce(buf)
+                buf /= self.rt.world
 
     def validate(self):
         model = self.ema.module if self.ema is not None else self.model
@@ -277,7 +287,7 @@ class Trainer:
         last = self.run_dir / "last.pt"
         kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
         raise TrainingError(
-            f"loss became {float(loss)} at epoch {epoch + 1}, step {self.step + 1} (images "
+            f"loss became {loss.item()} at epoch {epoch + 1}, step {self.step + 1} (images "
             f"{', '.join(batch['id'][:4])}); {kept}. Try a lower lr, grad_clip: 1.0, warmup_epochs, or amp: off"
         )
 

@@ -1,0 +1,77 @@
+"""Each loss against values computed by hand."""
+import math
+
+import pytest
+import torch
+
+from skinseg.config import Config
+from skinseg.losses import (CombinedLoss, bce_loss, focal_loss, soft_dice_loss, soft_jaccard_loss,
+                            tversky_loss)
+
+# one attribute, four pixels; logit 0 -> p = 0.5, logit ln 3 -> p = 0.75
+LOGITS = torch.tensor([math.log(3), 0.0, 0.0, -math.log(3)]).view(1, 1, 2, 2)
+TARGET = torch.tensor([1.0, 1.0, 0.0, 0.0]).view(1, 1, 2, 2)
+P = [0.75, 0.5, 0.5, 0.25]
+
+
+def test_soft_dice():
+    inter = 0.75 + 0.5
+    expected = 1 - (2 * inter + 1) / (sum(P) + 2 + 1)
+    assert float(soft_dice_loss(LOGITS, TARGET)) == pytest.approx(expected)
+
+
+def test_soft_jaccard():
+    inter = 1.25
+    expected = 1 - (inter + 1) / (sum(P) + 2 - inter + 1)
+    assert float(soft_jaccard_loss(LOGITS, TARGET)) == pytest.approx(expected)
+
+
+def test_tversky():
+    tp, fp, fn = 1.25, 0.75, 0.75
+    expected = 1 - (tp + 1) / (tp + 0.3 * fp + 0.7 * fn + 1)
+    assert float(tversky_loss(LOGITS, TARGET, alpha=0.3, beta=0.7)) == pytest.approx(expected)
+
+
+def test_bce_and_pos_weight():
+    per = [-math.log(0.75), -math.log(0.5), -math.log(0.5), -math.log(0.75)]
+    assert float(bce_loss(LOGITS, TARGET)) == pytest.approx(sum(per) / 4)
+    weighted = [3 * per[0], 3 * per[1], per[2], per[3]]
+    assert float(bce_loss(LOGITS, TARGET, pos_weight=torch.tensor([3.0]))) == pytest.approx(sum(weighted) / 4)
+
+
+def test_focal():
+    # p_t: .75, .5, .5, .75; alpha_t: .25, .25, .75, .75
+    pt = [0.75, 0.5, 0.5, 0.75]
+    at = [0.25, 0.25, 0.75, 0.75]
+    expected = sum(-a * (1 - p) ** 2 * math.log(p) for p, a in zip(pt, at)) / 4
+    assert float(focal_loss(LOGITS, TARGET, gamma=2.0, alpha=0.25)) == pytest.approx(expected)
+    assert float(focal_loss(LOGITS, TARGET, gamma=0.0, alpha=-1)) == pytest.approx(float(bce_loss(LOGITS, TARGET)))
+
+
+def test_per_attribute_weights_and_combination():
+    logits = torch.cat([LOGITS, torch.full_like(LOGITS, 5.0)], 1)
+    target = torch.cat([TARGET, torch.ones_like(TARGET)], 1)
+    d0 = float(soft_dice_loss(LOGITS, TARGET))
+    d1 = float(soft_dice_loss(logits[:, 1:], target[:, 1:]))
+    assert float(soft_dice_loss(logits, target, torch.tensor([3.0, 1.0]))) == pytest.approx((3 * d0 + d1) / 4)
+    combo = CombinedLoss({"bce": 0.5, "dice": 2.0})
+    expected = 0.5 * float(bce_loss(logits, target)) + 2.0 * float(soft_dice_loss(logits, target))
+    assert float(combo(logits, target)) == pytest.approx(expected)
+
+
+def test_presence_head_bce_is_added():
+    cfg = Config(loss={"dice": 1.0}, aux_weight=0.5, classes=1)
+    loss = CombinedLoss.from_config(cfg)
+    presence = torch.tensor([[0.0]])  # p = .5 for an image where the attribute is present
+    expected = float(soft_dice_loss(LOGITS, TARGET)) + 0.5 * math.log(2)
+    assert float(loss((LOGITS, presence), TARGET)) == pytest.approx(expected)
+
+
+def test_losses_run_in_fp32_under_autocast():
+    x = LOGITS.repeat(2, 5, 4, 4).requires_grad_()
+    t = TARGET.repeat(2, 5, 4, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = CombinedLoss({"bce": 1, "dice": 1, "focal": 1, "tversky": 1, "jaccard": 1})(x.bfloat16(), t)
+    assert out.dtype == torch.float32 and torch.isfinite(out)
+    out.backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()

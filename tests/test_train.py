@@ -1,0 +1,214 @@
+"""The trainer: overfitting, exact resume, per-batch onecycle, checkpoints, errors, submissions."""
+import csv
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from skinseg.config import Config
+from skinseg.data.isic import ATTRIBUTES
+from skinseg.train import TrainingError, train
+from skinseg.train.checkpoint import CheckpointError, load_checkpoint
+
+from conftest import write_split
+
+
+@pytest.fixture
+def small_root(tmp_path):
+    root = tmp_path / "isic"
+    write_split(root, "train", [(48, 40)] * 4 + [(40, 48)] * 2, seed=1)
+    write_split(root, "val", [(48, 40), (56, 42)], seed=2, first_id=100)
+    return root
+
+
+def _cfg(root, tmp_path, **kw):
+    base = dict(data_root=str(root), image_size=32, batch_size=2, epochs=2, base_channels=8, model="unet",
+                output_dir=str(tmp_path / "runs"), optimizer="adam", lr=3e-3, scheduler="cosine",
+                aug_rotate_p=0.5, aug_color_p=0.5, channels_last=True)
+    base.update(kw)
+    return Config(**base)
+
+
+def _rows(run_dir, kind):
+    with open(os.path.join(run_dir, "metrics.csv"), newline="") as f:
+        return [r for r in csv.DictReader(f) if r["kind"] == kind]
+
+
+def _write_blocks(root, n=4):
+    """32x32 images where attribute k, when present, is a bright block of its own colour at its own place."""
+    from skinseg.data.isic import SPLIT_FOLDERS, mask_name
+
+    img_dir, gt_dir = (root / "train" / f for f in SPLIT_FOLDERS["train"])
+    img_dir.mkdir(parents=True)
+    gt_dir.mkdir(parents=True)
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255)]
+    for i in range(n):
+        image = np.full((32, 32, 3), 40, np.uint8)
+        for k, a in enumerate(ATTRIBUTES):
+            m = np.zeros((32, 32), np.uint8)
+            if (i + k) % 2 == 0:
+                r, c = divmod(k, 3)
+                m[4 + 14 * r : 12 + 14 * r, 2 + 10 * c : 10 + 10 * c] = 255
+                image[m > 0] = colours[k]
+            Image.fromarray(m, mode="L").save(gt_dir / mask_name(f"ISIC_{i:07d}", a))
+        Image.fromarray(image).save(img_dir / f"ISIC_{i:07d}.jpg", quality=95)
+
+
+def test_overfits_one_small_batch(tmp_path, cache_root):
+    root = tmp_path / "overfit"
+    _write_blocks(root)
+    cfg = _cfg(root, tmp_path, epochs=80, val_split="train", train_split="train", batch_size=4, lr=1e-2,
+               aug_flip_p=0.0, aug_rotate90_p=0.0, aug_rotate_p=0.0, aug_scale_p=0.0, aug_color_p=0.0,
+               scheduler="none", tune_thresholds=False, loss={"bce": 1.0, "dice": 1.0})
+    summary = train(cfg, progress=False)
+    scores = [float(r["val_jaccard"]) for r in _rows(summary["run_dir"], "epoch")]
+    assert scores[0] < 0.1 and max(scores[-5:]) > 0.75 and max(scores[-5:]) > 5 * max(scores[:5])
+
+
+def test_run_folder_contents(small_root, tmp_path, cache_root):
+    summary = train(_cfg(small_root, tmp_path), progress=False)
+    run = summary["run_dir"]
+    assert sorted(os.listdir(run)) == ["best.pt", "config.yaml", "last.pt", "metrics.csv"]
+    assert Config.from_yaml(os.path.join(run, "config.yaml")).base_channels == 8
+    steps, epochs = _rows(run, "step"), _rows(run, "epoch")
+    assert len(steps) == 6 and len(epochs) == 2  # 6 images, batch 2, drop_last -> 3 steps per epoch
+    assert {f"val_jaccard_{a}" for a in ATTRIBUTES} <= set(epochs[0])
+    state = load_checkpoint(os.path.join(run, "last.pt"))
+    assert state["epoch"] == 2 and state["step"] == 6 and len(state["thresholds"]) == 5
+    assert set(state) >= {"model", "optimizer", "scheduler", "scaler", "config", "history", "rng"}
+
+
+def test_same_seed_same_metrics(small_root, tmp_path, cache_root):
+    a = train(_cfg(small_root, tmp_path, run_name="a"), progress=False)
+    b = train(_cfg(small_root, tmp_path, run_name="b"), progress=False)
+    keys = ["train_loss", "val_loss", "val_jaccard", "val_tuned_jaccard"]
+    assert [[r[k] for k in keys] for r in a["history"]] == [[r[k] for k in keys] for r in b["history"]]
+
+
+def test_resume_is_exact(small_root, tmp_path, cache_root, monkeypatch):
+    from skinseg.train.loop import Trainer
+
+    straight = train(_cfg(small_root, tmp_path, run_name="straight"), progress=False)
+    real_epoch = Trainer.train_epoch
+
+    def crash_in_second_epoch(self, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real_epoch(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", crash_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(small_root, tmp_path, run_name="split"), progress=False)
+    monkeypatch.setattr(Trainer, "train_epoch", real_epoch)
+    run_dir = next(p for p in (tmp_path / "runs").iterdir() if p.name.endswith("split"))
+    resumed = train(_cfg(small_root, tmp_path, run_name="split", load=str(run_dir / "last.pt")), progress=False)
+    assert resumed["run_dir"] == str(run_dir) and resumed["epochs_run"] == 2
+    w1 = load_checkpoint(os.path.join(straight["run_dir"], "last.pt"))["model"]
+    w2 = load_checkpoint(os.path.join(resumed["run_dir"], "last.pt"))["model"]
+    for k in w1:
+        assert torch.equal(w1[k], w2[k]), k
+    assert len(_rows(resumed["run_dir"], "epoch")) == 2 and len(_rows(resumed["run_dir"], "step")) == 6
+
+
+def test_onecycle_is_stepped_per_batch(small_root, tmp_path, cache_root):
+    cfg = _cfg(small_root, tmp_path, scheduler="onecycle", epochs=3, lr=1e-2)
+    lrs = [float(r["lr"]) for r in _rows(train(cfg, progress=False)["run_dir"], "step")]
+    assert len(lrs) == 9 and len(set(lrs)) == 9  # a new lr after every batch, not every epoch
+    ref = torch.optim.lr_scheduler.OneCycleLR(torch.optim.SGD([torch.zeros(1)], lr=1e-2), max_lr=1e-2,
+                                              total_steps=9)
+    expected = []
+    for _ in range(9):
+        ref.optimizer.step()
+        ref.step()
+        expected.append(ref.get_last_lr()[0])
+    np.testing.assert_allclose(lrs[:8], expected[:8], rtol=1e-6)
+    assert max(lrs) == pytest.approx(1e-2, rel=0.05)
+
+
+@pytest.mark.parametrize("scheduler", ["reduce_lr", "cosine_restart", "step", "exp"])
+def test_other_schedulers_and_warmup_run(small_root, tmp_path, cache_root, scheduler):
+    cfg = _cfg(small_root, tmp_path, scheduler=scheduler, warmup_epochs=1, epochs=2, step_size=1, t_max=1)
+    lrs = [float(r["lr"]) for r in _rows(train(cfg, progress=False)["run_dir"], "step")]
+    assert lrs[0] < lrs[2]  # linear warm-up over the first epoch's 3 steps
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd", "rmsprop", "adabelief", "adagrad"])
+def test_optimizers(optimizer):
+    from skinseg.train.optim import build_optimizer
+
+    model = torch.nn.Linear(3, 1)
+    opt = build_optimizer(Config(optimizer=optimizer, lr=0.1), model)
+    expected = {"adamw": "AdamW", "sgd": "SGD", "rmsprop": "RMSprop", "adabelief": "AdaBelief",
+                "adagrad": "Adagrad"}[optimizer]
+    assert type(opt).__name__ == expected and opt.param_groups[0]["lr"] == 0.1
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_last_good_checkpoint(small_root, tmp_path, cache_root,
+                                                                           monkeypatch):
+    from skinseg import losses
+
+    real = losses.CombinedLoss.forward
+    calls = {"n": 0}
+
+    def poisoned(self, output, target):
+        calls["n"] += 1
+        value = real(self, output, target)
+        return value * float("nan") if calls["n"] == 5 else value  # 2nd epoch, 2nd step
+
+    monkeypatch.setattr(losses.CombinedLoss, "forward", poisoned)
+    with pytest.raises(TrainingError, match=r"loss became nan at epoch 2.*last good checkpoint is .*last\.pt"):
+        train(_cfg(small_root, tmp_path, tune_thresholds=False), progress=False)
+    run = next((tmp_path / "runs").iterdir())
+    assert load_checkpoint(run / "last.pt")["epoch"] == 1
+
+
+def test_checkpoint_errors(small_root, tmp_path, cache_root):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "nope.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"garbage" * 10)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(bad)
+    first = train(_cfg(small_root, tmp_path, epochs=1), progress=False)
+    ckpt = os.path.join(first["run_dir"], "last.pt")
+    with pytest.raises(CheckpointError, match=r"model 'unet' but this config trains 'unet-residual'"):
+        train(_cfg(small_root, tmp_path, model="unet-residual", load=ckpt), progress=False)
+    with pytest.raises(CheckpointError, match="do not fit"):
+        train(_cfg(small_root, tmp_path, base_channels=16, load=ckpt), progress=False)
+
+
+def test_submission_files_are_named_sized_and_binary(small_root, tmp_path, cache_root):
+    from skinseg.cli import main
+
+    run = train(_cfg(small_root, tmp_path, epochs=1, resize_mode="pad"), progress=False)["run_dir"]
+    images = small_root / "val" / "ISIC2018_Task1-2_Validation_Input"
+    out = tmp_path / "submission"
+    assert main(["predict", "--checkpoint", os.path.join(run, "best.pt"), "--images", str(images),
+                 "--out", str(out), "--tta", "hflip"]) == 0
+    names = sorted(os.listdir(out))
+    assert names == sorted(f"ISIC_{i:07d}_attribute_{a}.png" for i in (100, 101) for a in ATTRIBUTES)
+    for i, size in ((100, (48, 40)), (101, (56, 42))):
+        for a in ATTRIBUTES:
+            im = Image.open(out / f"ISIC_{i:07d}_attribute_{a}.png")
+            assert im.mode == "L" and im.size == size
+            assert set(np.unique(np.asarray(im))) <= {0, 255}
+
+
+def test_evaluate_writes_official_json(small_root, tmp_path, cache_root):
+    import json
+
+    from skinseg.cli import main
+
+    run = train(_cfg(small_root, tmp_path, epochs=1), progress=False)["run_dir"]
+    out = tmp_path / "scores.json"
+    assert main(["evaluate", "--checkpoint", os.path.join(run, "best.pt"), "--data", str(small_root),
+                 "--split", "val", "--json", str(out)]) == 0
+    scores = json.loads(out.read_text())
+    assert set(scores) == set(ATTRIBUTES) | {"micro_average", "macro_average", "overall"}
+    assert scores["overall"] == scores["micro_average"]["jaccard"]
+    assert 0.0 <= scores["overall"] <= 1.0 and not math.isnan(scores["overall"])
+    best = load_checkpoint(os.path.join(run, "best.pt"))["best"]["score"]
+    assert scores["overall"] == pytest.approx(best)  # same tuned thresholds, same split
