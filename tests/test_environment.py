@@ -45,3 +45,11 @@ def test_every_subcommand_has_help(command):
     out = subprocess.run(args, capture_output=True, text=True, cwd="/")
     assert out.returncode == 0, out.stderr
     assert "usage: skinseg" in out.stdout
+
+
+def test_readme_documents_every_config_key():
+    from skinseg.config import Config
+
+    readme = (PROJ_ROOT / "README.md").read_text()
+    missing = [k for k in Config.keys() if f"`{k}`" not in readme]
+    assert not missing, f"config keys missing from the README table: {missing}"
