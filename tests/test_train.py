@@ -212,3 +212,21 @@ def test_evaluate_writes_official_json(small_root, tmp_path, cache_root):
     assert 0.0 <= scores["overall"] <= 1.0 and not math.isnan(scores["overall"])
     best = load_checkpoint(os.path.join(run, "best.pt"))["best"]["score"]
     assert scores["overall"] == pytest.approx(best)  # same tuned thresholds, same split
+
+
+def test_convnext_with_frozen_encoder_presence_head_and_ema(small_root, tmp_path, cache_root):
+    from skinseg.models import model_from_config
+
+    cfg = _cfg(small_root, tmp_path, model="unet-convnext-attention", encoder="convnext_atto", epochs=1,
+               freeze_encoder=1, aux_head=True, ema=0.9, loss={"focal": 1.0, "tversky": 1.0})
+    run = train(cfg, progress=False)["run_dir"]
+    state = load_checkpoint(os.path.join(run, "best.pt"))
+    torch.manual_seed(cfg.seed)
+    fresh = model_from_config(cfg).state_dict()
+    trained = state["train_model"]
+    enc = [k for k in fresh if k.startswith("encoder.") and fresh[k].is_floating_point()]
+    dec = [k for k in fresh if k.startswith("decoder.") and k.endswith("weight")]
+    assert enc and all(torch.equal(fresh[k], trained[k]) for k in enc)  # frozen for the only epoch
+    assert any(not torch.equal(fresh[k], trained[k]) for k in dec)
+    assert len(state["gates"]) == 5 and all(0.0 <= g <= 1.0 for g in state["gates"])
+    assert any(not torch.equal(state["model"][k], trained[k]) for k in dec)  # EMA weights differ from raw

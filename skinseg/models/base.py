@@ -1,0 +1,76 @@
+"""What every model shares: the input check, padding to the size the encoder needs, the optional presence head,
+parameter groups and encoder freezing."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def check_input(x: torch.Tensor, in_channels: int, model_name: str) -> None:
+    if x.ndim != 4 or x.shape[1] != in_channels:
+        raise ValueError(
+            f"{model_name} expected an input of shape (batch, {in_channels}, height, width), got {tuple(x.shape)}; "
+            f"pass {in_channels}-channel images or build the model with in_channels={x.shape[1] if x.ndim == 4 else '?'}"
+        )
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    height, width = x.shape[-2:]
+    pad_bottom, pad_right = -height % multiple, -width % multiple
+    if not pad_bottom and not pad_right:
+        return x
+    # reflect needs the padding to be smaller than the image; tiny inputs fall back to zeros
+    mode = "reflect" if pad_bottom < height and pad_right < width else "constant"
+    return F.pad(x, (0, pad_right, 0, pad_bottom), mode=mode)
+
+
+class SegmentationModel(nn.Module):
+    """Base of the four U-Nets: maps (B, in_channels, H, W) to (B, classes, H, W) mask logits for any H and W.
+
+    The input is padded to a multiple of ``size_multiple`` and the logits cropped back. With a presence head the
+    forward returns ``(mask_logits, presence_logits)``, the latter (B, classes) from the deepest features.
+    Subclasses set ``encoder``, ``decoder``, ``segmentation_head``, ``presence_head`` (or None), ``in_channels``
+    and ``size_multiple``, and may override :meth:`extract_features`.
+    """
+
+    in_channels: int
+    size_multiple: int
+    encoder: nn.Module
+    decoder: nn.Module
+    segmentation_head: nn.Module
+    presence_head: nn.Module | None
+    encoder_frozen: bool = False
+
+    def extract_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return list(self.encoder(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        check_input(x, self.in_channels, type(self).__name__)
+        height, width = x.shape[-2:]
+        features = self.extract_features(pad_to_multiple(x, self.size_multiple))
+        masks = self.segmentation_head(self.decoder(features))[..., :height, :width]
+        if self.presence_head is None:
+            return masks
+        return masks, self.presence_head(features[-1])
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        return list(self.encoder.parameters())
+
+    def decoder_parameters(self) -> list[nn.Parameter]:
+        encoder = {id(p) for p in self.encoder.parameters()}
+        return [p for p in self.parameters() if id(p) not in encoder]
+
+    def freeze_encoder(self, frozen: bool = True) -> "SegmentationModel":
+        self.encoder_frozen = bool(frozen)
+        self.encoder.requires_grad_(not frozen)
+        return self.train(self.training)
+
+    def train(self, mode: bool = True) -> "SegmentationModel":
+        super().train(mode)
+        if self.encoder_frozen:
+            # frozen batch norm must not keep updating its running statistics
+            for module in self.encoder.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
