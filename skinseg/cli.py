@@ -16,6 +16,16 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_download(args: argparse.Namespace) -> int:
+    from skinseg.data.download import BASE_URL, download_isic
+
+    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+    result = download_isic(args.root, splits, base_url=args.base_url or BASE_URL, progress=not args.no_progress,
+                           timeout=args.timeout)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def _cmd_stats(args: argparse.Namespace) -> int:
     from skinseg.data.stats import dataset_stats, stats_table
 
@@ -73,6 +83,21 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from skinseg.report import ReportError, build_report
+
+    try:
+        from skinseg.paths import PARAMS_DIR
+
+        result = build_report(args.params or PARAMS_DIR / "demo.yaml", args.data, pdf=not args.no_pdf)
+    except ReportError as e:
+        print(f"skinseg report: {e}", file=sys.stderr)
+        return 1
+    print(f"report: {result['html']}" + (f"\npdf: {result['pdf']}" if result["pdf"] else ""))
+    print(f"built in {result['seconds']:.0f} s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="skinseg", description="ISIC 2018 Task 2 lesion-attribute segmentation with U-Net variants."
@@ -87,6 +112,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--width-range", default="300,900", help="min,max image width in px (4:3 images)")
     p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("download", help="download and extract the official ISIC 2018 Task 2 zips (resumable)")
+    p.add_argument("root", help="data root; zips go to ROOT/.downloads, folders to ROOT/<split>/")
+    p.add_argument("--splits", default="train,val,test", help="comma-separated splits (default: train,val,test)")
+    p.add_argument("--base-url", default=None,
+                   help="folder URL of the zips (default: https://isic-challenge-data.s3.amazonaws.com/2018/)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the server per connect or read")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars or status lines")
+    p.set_defaults(func=_cmd_download)
 
     p = sub.add_parser("stats", help="per-split image count, attribute prevalence, pixel fraction, RGB mean/std")
     p.add_argument("root", help="data root holding the official ISIC 2018 folders")
@@ -123,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", default=None, choices=("none", "hflip", "hvflip"))
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("report", help="run notebooks 01-06 with papermill and build reports/report.html (+ PDF)")
+    p.add_argument("--params", default=None, help="params YAML (default: params/demo.yaml)")
+    p.add_argument("--data", default=None, help="data root (default: the params' data_root, else synthetic)")
+    p.add_argument("--no-pdf", action="store_true", help="skip the PDF")
+    p.set_defaults(func=_cmd_report)
     return parser
 
 
