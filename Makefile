@@ -17,8 +17,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
+# the unit/integration tests, then every notebook executed with its default parameters (nbval, lax)
 test: setup
 	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --nbval-lax notebooks
+
+report: setup
+	$(PY) -m skinseg report
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not real" tests

@@ -125,8 +125,11 @@ def test_init_schemes_give_expected_weight_statistics(scheme):
         assert abs(w.mean().item()) < 0.1 * w.std().item()
         checked += 1
     assert checked >= 20
+    head = model.segmentation_head
+    # the mask head starts at the attributes' prior (p = 0.05), every other bias at 0
+    torch.testing.assert_close(torch.sigmoid(head.bias), torch.full_like(head.bias, 0.05))
     for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)) and m.bias is not None:
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)) and m.bias is not None and m is not head:
             assert (m.bias == 0).all()
         if isinstance(m, nn.BatchNorm2d):
             assert (m.weight == 1).all() and (m.bias == 0).all()

@@ -1,0 +1,200 @@
+"""``skinseg report``: execute notebooks 01-06 with papermill and build one HTML report (and a PDF).
+
+Data: the given root, or the params' ``data_root``, or else the embedded synthetic dataset, generated once
+into ``data/synthetic``. Executed notebooks go to ``reports/notebooks/``, runs to ``reports/runs/``.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import yaml
+
+from skinseg.config import Config
+from skinseg.paths import NOTEBOOKS_DIR, PARAMS_DIR, REPORTS_DIR, SYNTH_DIR, resolve
+
+NOTEBOOKS = ("01_eda", "02_architectures", "03_train", "04_sweeps", "05_test_evaluation", "06_qualitative")
+SYNTH_DEFAULTS = {"n_train": 160, "n_val": 40, "n_test": 40, "seed": 2018, "width_range": [300, 900]}
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "chromium-headless-shell", "google-chrome")
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--no-first-run", "--disable-sync")
+SKIP_TAG = "report-skip"
+
+
+class ReportError(RuntimeError):
+    """A notebook failed: the message names it, the cell, and the partly executed copy."""
+
+
+def ensure_synthetic(root: str | Path | None = None, **options: Any) -> Path:
+    """The embedded synthetic dataset, generated once (again only when the options change)."""
+    from skinseg.data.synth import write_synthetic
+
+    root = Path(root) if root else SYNTH_DIR
+    opts = {**SYNTH_DEFAULTS, **options}
+    marker = root / "synth.json"
+    if marker.exists() and json.loads(marker.read_text()) == opts:
+        return root
+    if root.exists():
+        shutil.rmtree(root)
+    write_synthetic(root, n_train=opts["n_train"], n_val=opts["n_val"], n_test=opts["n_test"], seed=opts["seed"],
+                    width_range=tuple(opts["width_range"]))
+    marker.write_text(json.dumps(opts))
+    return root
+
+
+def notebook_parameters(name: str, source_dir: Path = NOTEBOOKS_DIR) -> dict[str, Any]:
+    import papermill as pm
+
+    return pm.inspect_notebook(str(Path(source_dir) / f"{name}.ipynb"))
+
+
+def execute(name: str, parameters: dict[str, Any], out_dir: Path, kernel: str = "python3",
+            source_dir: Path = NOTEBOOKS_DIR) -> Path:
+    """Run one notebook with papermill (cwd fixed to its folder), passing the parameters it declares.
+
+    A failing cell raises ReportError naming the notebook, the cell and the partly executed copy.
+    """
+    import papermill as pm
+
+    out = Path(out_dir) / f"{name}.ipynb"
+    accepted = notebook_parameters(name, source_dir)
+    params = {k: v for k, v in parameters.items() if k in accepted}
+    try:
+        pm.execute_notebook(str(Path(source_dir) / f"{name}.ipynb"), str(out), parameters=params,
+                            kernel_name=kernel, cwd=str(source_dir), progress_bar=False)
+    except pm.PapermillExecutionError as e:
+        raise ReportError(
+            f"notebook {name} failed in cell {e.exec_count} (cell index {e.cell_index}): {e.ename}: {e.evalue}\n"
+            f"partly executed notebook: {out}"
+        ) from None
+    return out
+
+
+def run_notebooks(params: str | Path = PARAMS_DIR / "demo.yaml", data_root: str | Path | None = None,
+                  out_dir: str | Path = REPORTS_DIR, notebooks=NOTEBOOKS, kernel: str = "python3",
+                  sweep: str = "architectures", sweep_overrides: dict | None = None,
+                  progress: bool = True) -> list[Path]:
+    """Execute the notebooks in order; returns the executed copies."""
+    from skinseg.sweeps import load_params
+
+    out_dir = Path(out_dir)
+    nb_dir = out_dir / "notebooks"
+    nb_dir.mkdir(parents=True, exist_ok=True)
+    values = load_params(params)
+    synthetic = data_root is None and not values.get("data_root")
+    root = ensure_synthetic() if synthetic else resolve(data_root or values["data_root"])
+    run_root = out_dir / "runs"
+    values.update(data_root=str(root), output_dir=str(run_root), run_name="report")
+    shared = {**values, "synthetic": synthetic, "params_file": str(resolve(params)), "sweep": sweep,
+              "sweep_overrides": sweep_overrides if sweep_overrides is not None else {"epochs": 2},
+              "sweep_out": str(out_dir / "sweeps" / sweep), "checkpoint": None,
+              "submission_dir": str(out_dir / "submission"), "figures_dir": str(out_dir / "figures")}
+    executed = []
+    for k, name in enumerate(notebooks, 1):
+        start = time.perf_counter()
+        if progress:
+            print(f"[{k}/{len(notebooks)}] {name} ...", flush=True)
+        if name in ("05_test_evaluation", "06_qualitative") and shared["checkpoint"] is None:
+            from skinseg.runs import latest_run
+
+            shared["checkpoint"] = str(latest_run(run_root) / "best.pt")
+        executed.append(execute(name, shared, nb_dir, kernel))
+        if progress:
+            print(f"[{k}/{len(notebooks)}] {name} done in {time.perf_counter() - start:.1f} s", flush=True)
+    return executed
+
+
+def _anchor(text: str) -> str:
+    """The id nbconvert gives a markdown heading."""
+    return re.sub(r"\s", "-", text.strip())
+
+
+def combine(executed: list[Path], title: str, intro: str = "") -> nbformat.NotebookNode:
+    """One notebook of all executed ones: a title, a table of contents, then every notebook's cells."""
+    merged = nbformat.v4.new_notebook()
+    toc, cells = [], []
+    for path in executed:
+        nb = nbformat.read(path, as_version=4)
+        for cell in nb.cells:
+            tags = cell.get("metadata", {}).get("tags", [])
+            if SKIP_TAG in tags or "parameters" in tags or "injected-parameters" in tags:
+                continue
+            if cell.cell_type == "markdown":
+                for line in cell.source.splitlines():
+                    m = re.match(r"^(#{1,2})\s+(.*)$", line)
+                    if m:
+                        indent = "    " * (len(m.group(1)) - 1)
+                        toc.append(f"{indent}- [{m.group(2).strip()}](#{_anchor(m.group(2))})")
+            cells.append(cell)
+    head = f"# {title}\n\n{intro}\n\n## Contents\n\n" + "\n".join(toc)
+    merged.cells = [nbformat.v4.new_markdown_cell(head), *cells]
+    merged.metadata = nbformat.read(executed[0], as_version=4).metadata if executed else {}
+    return merged
+
+
+def build_html(executed: list[Path], out: str | Path, title: str = "skinseg: ISIC 2018 Task 2 study",
+               intro: str = "") -> Path:
+    """Convert the combined notebook to HTML with the code hidden (every figure and table kept)."""
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+    body, _ = exporter.from_notebook_node(combine(executed, title, intro))
+    out = Path(out)
+    out.write_text(body, encoding="utf-8")
+    return out
+
+
+def find_chromium() -> str | None:
+    for name in CHROMIUM_NAMES:
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def print_pdf(html: str | Path, out: str | Path, chromium: str | None = None, timeout: int = 180) -> Path | None:
+    """Print the HTML to PDF with headless Chromium; None (and a message) when none is installed."""
+    chromium = chromium or find_chromium()
+    if chromium is None:
+        print("no Chromium found (apt-get install chromium): skipping the PDF")
+        return None
+    out = Path(out).resolve()
+    tmp = out.with_name(f".{out.name}.tmp.pdf")
+    cmd = [chromium, *CHROMIUM_FLAGS, "--no-pdf-header-footer", "--run-all-compositor-stages-before-draw",
+           f"--user-data-dir={out.parent / '.chromium-profile'}", f"--print-to-pdf={tmp}",
+           Path(html).resolve().as_uri()]
+    try:
+        subprocess.run(cmd, check=True, capture_output=True, timeout=timeout)
+        if not tmp.exists() or tmp.stat().st_size == 0:
+            raise RuntimeError(f"Chromium wrote no PDF ({' '.join(cmd)})")
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+        shutil.rmtree(out.parent / ".chromium-profile", ignore_errors=True)
+    return out
+
+
+def build_report(params: str | Path = PARAMS_DIR / "demo.yaml", data_root: str | Path | None = None,
+                 out_dir: str | Path = REPORTS_DIR, pdf: bool = True, **options: Any) -> dict[str, Any]:
+    """Execute 01-06 and build reports/report.html (+ report.pdf where Chromium exists)."""
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    executed = run_notebooks(params, data_root, out_dir, **options)
+    values = yaml.safe_load(Path(resolve(params)).read_text()) or {}
+    synthetic = data_root is None and not values.get("data_root")
+    intro = ("**Data: the embedded synthetic ISIC-like dataset.** Scores on it are not comparable with the "
+             "ISIC 2018 leaderboard." if synthetic else f"Data: `{data_root or values.get('data_root')}`.")
+    intro += f" Parameters: `{Path(params).name}`."
+    html = build_html(executed, out_dir / "report.html", intro=intro)
+    result = {"html": str(html), "notebooks": [str(p) for p in executed], "pdf": None}
+    if pdf:
+        path = print_pdf(html, out_dir / "report.pdf")
+        result["pdf"] = str(path) if path else None
+    result["seconds"] = time.perf_counter() - start
+    return result

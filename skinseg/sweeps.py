@@ -1,0 +1,98 @@
+"""Sweeps: run ``03_train`` through papermill for each YAML of ``params/sweeps/<name>/`` and compare the runs.
+
+Each run's parameters are ``base`` (a params YAML, e.g. params/demo.yaml) updated by the sweep YAML, then by
+``overrides``. A run whose resolved config matches a complete run already on disk is skipped.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+from tqdm.auto import tqdm
+
+from skinseg.config import Config, ConfigError
+from skinseg.paths import NOTEBOOKS_DIR, PARAMS_DIR, REPORTS_DIR, resolve
+from skinseg.runs import is_complete, read_metrics, run_summary
+
+IGNORED_WHEN_COMPARING = ("output_dir", "run_name", "load", "num_workers")
+
+
+def sweep_files(name: str) -> list[Path]:
+    folder = PARAMS_DIR / "sweeps" / name
+    files = sorted(folder.glob("*.yaml"))
+    if not files:
+        known = sorted(p.name for p in (PARAMS_DIR / "sweeps").iterdir() if p.is_dir())
+        raise ConfigError(f"no sweep {name!r} (no YAML files in {folder}); sweeps: {', '.join(known)}")
+    return files
+
+
+def load_params(path: str | Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    path = resolve(path)
+    data = yaml.safe_load(path.read_text()) or {}
+    Config.from_dict(data, source=str(path))  # validates keys and values, naming the file
+    return data
+
+
+def run_parameters(base: dict, sweep_file: Path, overrides: dict | None, out_dir: Path) -> dict[str, Any]:
+    params = {**base, **load_params(sweep_file), **(overrides or {})}
+    params.update(output_dir=str(out_dir / sweep_file.stem / "runs"), run_name=sweep_file.stem)
+    return Config.from_dict(params, source=str(sweep_file)).to_dict()
+
+
+def find_done(run_root: Path, params: dict[str, Any]) -> Path | None:
+    """A complete run below ``run_root`` trained with the same config (up to output/naming keys)."""
+    if not run_root.exists():
+        return None
+    wanted = {k: v for k, v in params.items() if k not in IGNORED_WHEN_COMPARING}
+    for run in sorted(run_root.iterdir(), reverse=True):
+        if not (run / "config.yaml").exists() or not is_complete(run):
+            continue
+        have = yaml.safe_load((run / "config.yaml").read_text())
+        if {k: v for k, v in have.items() if k not in IGNORED_WHEN_COMPARING} == wanted:
+            return run
+    return None
+
+
+def run_sweep(name: str, base: str | Path | None = "params/demo.yaml", overrides: dict | None = None,
+              out_dir: str | Path | None = None, kernel: str = "python3", progress: bool = True) -> pd.DataFrame:
+    """Run every config of a sweep that is not done yet; return the comparison table (one row per config)."""
+    import papermill as pm
+
+    out_dir = Path(out_dir) if out_dir else REPORTS_DIR / "sweeps" / name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base_params = load_params(base)
+    runs = {}
+    files = sweep_files(name)
+    for f in tqdm(files, desc=f"sweep {name}", disable=not progress):
+        params = run_parameters(base_params, f, overrides, out_dir)
+        run_root = Path(params["output_dir"])
+        done = find_done(run_root, params)
+        if done is None:
+            pm.execute_notebook(str(NOTEBOOKS_DIR / "03_train.ipynb"), str(out_dir / f"{f.stem}.ipynb"),
+                                parameters=params, kernel_name=kernel, cwd=str(NOTEBOOKS_DIR), progress_bar=False)
+            done = find_done(run_root, params)
+            if done is None:
+                raise RuntimeError(f"sweep {name}: {f.name} ran but left no complete run in {run_root}")
+        runs[f.stem] = done
+    return comparison(runs)
+
+
+def comparison(runs: dict[str, Path]) -> pd.DataFrame:
+    """Best validation overall Jaccard, per-attribute Jaccard at that epoch and time per epoch, per run."""
+    rows = [{"config": name, **run_summary(path)} for name, path in runs.items()]
+    return pd.DataFrame(rows).set_index("config").drop(columns=["run"]).sort_values("best_val_jaccard",
+                                                                                   ascending=False)
+
+
+def curves(runs_root: str | Path) -> dict[str, pd.DataFrame]:
+    """Per-epoch metrics of the newest complete run of each config below a sweep's output folder."""
+    out = {}
+    for cfg_dir in sorted(Path(runs_root).iterdir()):
+        runs = [r for r in sorted((cfg_dir / "runs").glob("*")) if is_complete(r)] if (cfg_dir / "runs").exists() else []
+        if runs:
+            out[cfg_dir.name] = read_metrics(runs[-1])[1]
+    return out
