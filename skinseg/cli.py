@@ -169,8 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from skinseg.config import ConfigError
     from skinseg.data.isic import DataError
-    from skinseg.train.checkpoint import CheckpointError
-    from skinseg.train.loop import TrainingError
+    from skinseg.errors import CheckpointError, TrainingError
 
     args = build_parser().parse_args(argv)
     try:

@@ -15,11 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from skinseg.errors import CheckpointError
+
 FORMAT = "skinseg-checkpoint-v1"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, corrupt, or does not fit the model it is loaded into."""
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from skinseg.config import Config
 from skinseg.data.dataset import make_dataset, make_loader
 from skinseg.data.isic import ATTRIBUTES
+from skinseg.errors import TrainingError
 from skinseg.inference import GATE_CUTOFFS, OriginalMasks, autocast, evaluate, needs_original
 from skinseg.losses import CombinedLoss
 from skinseg.models import model_from_config
@@ -34,10 +35,6 @@ CSV_COLUMNS = (
     + [f"val_jaccard_{a}" for a in ATTRIBUTES] + [f"val_dice_{a}" for a in ATTRIBUTES]
     + ["val_jaccard", "val_dice", "val_macro_jaccard", "val_tuned_jaccard"]
 )
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (non-finite loss, out of memory); the message says what to try."""
 
 
 class Trainer:
