@@ -89,7 +89,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
     try:
         from skinseg.paths import PARAMS_DIR
 
-        result = build_report(args.params or PARAMS_DIR / "demo.yaml", args.data, pdf=not args.no_pdf)
+        from skinseg.paths import IMAGES_DIR
+
+        result = build_report(args.params or PARAMS_DIR / "demo.yaml", args.data, pdf=not args.no_pdf,
+                              images_dir=IMAGES_DIR if args.update_images else None)
     except ReportError as e:
         print(f"skinseg report: {e}", file=sys.stderr)
         return 1
@@ -162,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", default=None, help="params YAML (default: params/demo.yaml)")
     p.add_argument("--data", default=None, help="data root (default: the params' data_root, else synthetic)")
     p.add_argument("--no-pdf", action="store_true", help="skip the PDF")
+    p.add_argument("--update-images", action="store_true", help="also refresh the README figures in images/")
     p.set_defaults(func=_cmd_report)
     return parser
 

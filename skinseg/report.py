@@ -125,6 +125,9 @@ def combine(executed: list[Path], title: str, intro: str = "") -> nbformat.Noteb
             tags = cell.get("metadata", {}).get("tags", [])
             if SKIP_TAG in tags or "parameters" in tags or "injected-parameters" in tags:
                 continue
+            if cell.cell_type == "code":
+                # progress bars and kernel warnings go to stderr: not part of the report
+                cell.outputs = [o for o in cell.outputs if not (o.output_type == "stream" and o.name == "stderr")]
             if cell.cell_type == "markdown":
                 for line in cell.source.splitlines():
                     m = re.match(r"^(#{1,2})\s+(.*)$", line)
@@ -180,8 +183,48 @@ def print_pdf(html: str | Path, out: str | Path, chromium: str | None = None, ti
     return out
 
 
+# figures the README shows: (notebook, heading of the section, file name in images/)
+README_FIGURES = (
+    ("01_eda", "Attribute prevalence", "prevalence.png"),
+    ("01_eda", "Examples with their masks", "examples.png"),
+    ("03_train", "Loss, learning rate and validation score", "training_curves.png"),
+    ("04_sweeps", "Validation curves", "sweep_curves.png"),
+    ("06_qualitative", "Worst images", "worst_images.png"),
+)
+
+
+def export_figures(executed: list[Path], images_dir: str | Path) -> list[Path]:
+    """Copy the first PNG under each README heading from the executed notebooks into ``images_dir``."""
+    import base64
+
+    images_dir = Path(images_dir)
+    images_dir.mkdir(parents=True, exist_ok=True)
+    by_name = {p.stem: p for p in executed}
+    written = []
+    for notebook, heading, filename in README_FIGURES:
+        if notebook not in by_name:
+            continue
+        section = None
+        for cell in nbformat.read(by_name[notebook], as_version=4).cells:
+            if cell.cell_type == "markdown":
+                m = re.match(r"^#+\s+(.*)$", cell.source.splitlines()[0]) if cell.source else None
+                if m:
+                    section = m.group(1).strip()
+                continue
+            if section != heading:
+                continue
+            png = next((o["data"]["image/png"] for o in cell.get("outputs", []) if "image/png" in o.get("data", {})),
+                       None)
+            if png:
+                (images_dir / filename).write_bytes(base64.b64decode(png))
+                written.append(images_dir / filename)
+                break
+    return written
+
+
 def build_report(params: str | Path = PARAMS_DIR / "demo.yaml", data_root: str | Path | None = None,
-                 out_dir: str | Path = REPORTS_DIR, pdf: bool = True, **options: Any) -> dict[str, Any]:
+                 out_dir: str | Path = REPORTS_DIR, pdf: bool = True, images_dir: str | Path | None = None,
+                 **options: Any) -> dict[str, Any]:
     """Execute 01-06 and build reports/report.html (+ report.pdf where Chromium exists)."""
     start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -196,5 +239,7 @@ def build_report(params: str | Path = PARAMS_DIR / "demo.yaml", data_root: str |
     if pdf:
         path = print_pdf(html, out_dir / "report.pdf")
         result["pdf"] = str(path) if path else None
+    if images_dir is not None:
+        result["figures"] = [str(p) for p in export_figures(executed, images_dir)]
     result["seconds"] = time.perf_counter() - start
     return result

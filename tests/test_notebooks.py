@@ -95,3 +95,21 @@ def test_combined_html_hides_code_and_links_every_heading(tmp_path):
     assert "secret code" not in html
     for anchor in re.findall(r"\(#([^)]+)\)", toc):
         assert f'id="{anchor}"' in html, anchor
+
+
+def test_export_figures_takes_the_png_under_each_readme_heading(tmp_path, monkeypatch):
+    import base64
+
+    from skinseg import report
+
+    png = base64.b64encode(b"\x89PNG fake").decode()
+    cell = nbformat.v4.new_code_cell("plot()")
+    cell.outputs = [nbformat.v4.new_output("display_data", data={"image/png": png, "text/plain": "<Figure>"})]
+    other = nbformat.v4.new_code_cell("other()")
+    other.outputs = [nbformat.v4.new_output("display_data", data={"image/png": base64.b64encode(b"no").decode()})]
+    path = tmp_path / "01_eda.ipynb"
+    _tiny_notebook(path, [nbformat.v4.new_markdown_cell("## Pixel fraction"), other,
+                          nbformat.v4.new_markdown_cell("## Attribute prevalence\n\ntext"), cell])
+    written = report.export_figures([path], tmp_path / "images")
+    assert [p.name for p in written] == ["prevalence.png"]
+    assert (tmp_path / "images" / "prevalence.png").read_bytes() == b"\x89PNG fake"
