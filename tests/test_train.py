@@ -230,3 +230,28 @@ def test_convnext_with_frozen_encoder_presence_head_and_ema(small_root, tmp_path
     assert any(not torch.equal(fresh[k], trained[k]) for k in dec)
     assert len(state["gates"]) == 5 and all(0.0 <= g <= 1.0 for g in state["gates"])
     assert any(not torch.equal(state["model"][k], trained[k]) for k in dec)  # EMA weights differ from raw
+
+
+def test_cuda_out_of_memory_names_the_batch_size_and_what_to_try(small_root, tmp_path, cache_root, monkeypatch):
+    from skinseg.models.base import SegmentationModel
+
+    def oom(self, x):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(SegmentationModel, "forward", oom)
+    with pytest.raises(TrainingError, match=r"out of memory with batch_size 2 .*try batch_size 1 with accumulate 2"):
+        train(_cfg(small_root, tmp_path), progress=False)
+
+
+def test_worker_processes_give_the_same_batches(small_root, tmp_path, cache_root):
+    from skinseg.data.dataset import make_loader
+
+    def batches(workers):
+        loader = make_loader(_cfg(small_root, tmp_path, num_workers=workers), "train", train=True)
+        loader.sampler.set_epoch(3)
+        return [b for b in loader]
+
+    for a, b in zip(batches(0), batches(2)):
+        assert a["id"] == b["id"]
+        torch.testing.assert_close(a["image"], b["image"])
+        torch.testing.assert_close(a["mask"], b["mask"])
