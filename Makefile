@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 
 # the unit/integration tests, then every notebook executed with its default parameters (nbval, lax)
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=10 tests
 	$(PY) -m pytest -q --nbval-lax notebooks
 
 report: setup
