@@ -159,3 +159,16 @@ class PresenceHead(nn.Sequential):
 
     def __init__(self, in_channels: int, classes: int):
         super().__init__(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(in_channels, classes))
+
+
+class StagedFeatures(nn.Module):
+    """Runs ``self.stages`` one after another and returns every stage's output, shallowest first."""
+
+    stages: nn.ModuleList
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return features

@@ -5,11 +5,11 @@ import torch
 from torch import nn
 
 from skinseg.models.base import SegmentationModel
-from skinseg.models.blocks import DoubleConv, PresenceHead, UNetDecoder
+from skinseg.models.blocks import DoubleConv, PresenceHead, StagedFeatures, UNetDecoder
 from skinseg.models.init import initialize
 
 
-class UNetEncoder(nn.Module):
+class UNetEncoder(StagedFeatures):
     """The contracting path: a block at full resolution, then ``depth`` stages of 2x2 max-pooling and a block,
     each doubling the width.
 
@@ -28,13 +28,6 @@ class UNetEncoder(nn.Module):
         self.stages = nn.ModuleList([block(in_channels, self.out_channels[0])])
         for c_in, c_out in zip(self.out_channels, self.out_channels[1:]):
             self.stages.append(nn.Sequential(nn.MaxPool2d(2), block(c_in, c_out)))
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        features = []
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return features
 
 
 class UNet(SegmentationModel):

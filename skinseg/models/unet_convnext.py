@@ -7,12 +7,12 @@ import torch
 from torch import nn
 
 from skinseg.models.base import SegmentationModel
-from skinseg.models.blocks import PresenceHead, ResidualBlock, UNetDecoder, conv_bn_relu
+from skinseg.models.blocks import PresenceHead, ResidualBlock, StagedFeatures, UNetDecoder, conv_bn_relu
 from skinseg.models.encoders import create_timm_encoder
 from skinseg.models.init import initialize
 
 
-class InputStem(nn.Module):
+class InputStem(StagedFeatures):
     """Light skip connections at the strides the encoder skips (1 and 2 for ConvNeXt's stride-4 first stage):
     a 3x3 conv at full resolution, then one strided 3x3 conv per further halving.
 
@@ -30,13 +30,6 @@ class InputStem(nn.Module):
         for reduction, width in zip(reductions, self.out_channels):
             self.stages.append(conv_bn_relu(in_channels, width, stride=1 if reduction == 1 else 2))
             in_channels = width
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        features = []
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return features
 
 
 def _stem_reductions(encoder: str, reductions: list[int]) -> list[int]:
