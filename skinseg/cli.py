@@ -83,6 +83,18 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_score(args: argparse.Namespace) -> int:
+    from skinseg.evaluation import score_submission, scores_table
+
+    scores = score_submission(args.submission, args.data, args.split)
+    print(scores_table(scores).to_string(float_format=lambda v: f"{v:.4f}"))
+    print(f"overall (micro-averaged Jaccard, the leaderboard score): {scores.overall:.4f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(scores.to_official_json(), f, indent=2)
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from skinseg.report import ReportError, build_report
 
@@ -160,6 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", default=None, choices=("none", "hflip", "hvflip"))
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("score", help="official score of a submission folder against a split's ground truth")
+    p.add_argument("--submission", required=True, help="folder of ISIC_<id>_attribute_<name>.png")
+    p.add_argument("--data", required=True, help="data root")
+    p.add_argument("--split", default="val", choices=("train", "val", "test"))
+    p.add_argument("--json", help="write the official-scorer-shaped JSON here")
+    p.set_defaults(func=_cmd_score)
 
     p = sub.add_parser("report", help="run notebooks 01-06 with papermill and build reports/report.html (+ PDF)")
     p.add_argument("--params", default=None, help="params YAML (default: params/demo.yaml)")

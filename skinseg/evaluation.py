@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -63,6 +64,38 @@ def predict_folder(checkpoint, images_dir, out_dir, tta: str | None = None, devi
     gates = state["gates"] if cfg.aux_head else None
     return write_submission(model, loader, out_dir, dev, state["thresholds"], gates, tta=tta or cfg.tta,
                             amp_dtype=amp_dtype, channels_last=cfg.channels_last)
+
+
+def score_submission(pred_dir: str | Path, data_root: str | Path, split: str = "val") -> Scores:
+    """Official score of a submission folder (``ISIC_<id>_attribute_<name>.png``) against a split's ground
+    truth, read from the files as the challenge's scorer would."""
+    from skinseg.data.cache import read_mask
+    from skinseg.data.isic import mask_name
+    from skinseg.metrics import OfficialScore
+
+    truth = get_split(data_root, split)
+    if not truth.has_masks:
+        raise DataError(f"split {split!r} below {data_root} has no ground truth to score against")
+    pred_dir = Path(pred_dir)
+    acc = OfficialScore()
+    for image_id in truth.ids:
+        t = [read_mask(truth.mask_path(image_id, a), _png_hw(truth.mask_path(image_id, a)))[0] for a in ATTRIBUTES]
+        hw = t[0].shape
+        p = []
+        for a in ATTRIBUTES:
+            path = pred_dir / mask_name(image_id, a)
+            if not path.exists():
+                raise DataError(f"submission {pred_dir} lacks {path.name}")
+            p.append(read_mask(path, hw)[0])
+        acc.update(torch.from_numpy(np.stack(p)), torch.from_numpy(np.stack(t)))
+    return acc.compute()
+
+
+def _png_hw(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.size[1], im.size[0]
 
 
 def scores_table(scores: Scores) -> pd.DataFrame:

@@ -190,6 +190,12 @@ def test_submission_files_are_named_sized_and_binary(small_root, tmp_path, cache
                  "--out", str(out), "--tta", "hflip"]) == 0
     names = sorted(os.listdir(out))
     assert names == sorted(f"ISIC_{i:07d}_attribute_{a}.png" for i in (100, 101) for a in ATTRIBUTES)
+    # scored from the files, the submission gives what evaluate gives with the same thresholds and TTA
+    from skinseg.evaluation import evaluate_checkpoint, score_submission
+
+    from_files = score_submission(out, small_root, "val").overall
+    assert from_files == pytest.approx(evaluate_checkpoint(os.path.join(run, "best.pt"), small_root, "val",
+                                                           tta="hflip").scores.overall, abs=1e-9)
     for i, size in ((100, (48, 40)), (101, (56, 42))):
         for a in ATTRIBUTES:
             im = Image.open(out / f"ISIC_{i:07d}_attribute_{a}.png")
