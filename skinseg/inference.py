@@ -4,6 +4,7 @@ official metric at the ground truth's resolution; challenge submissions at each 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from skinseg.data.cache import SplitCache, read_mask
-from skinseg.data.isic import ATTRIBUTES, Split, mask_name
+from skinseg.data.isic import ATTRIBUTES, MASK_RE, DataError, Split, mask_name
 from skinseg.metrics import OfficialScore, Scores, ThresholdSweep
 
 TTA_FLIPS = {"none": [()], "hflip": [(), (3,)], "hvflip": [(), (3,), (2,), (2, 3)]}
@@ -64,7 +65,7 @@ def decide(probs: torch.Tensor, thresholds, presence: torch.Tensor | None = None
 
 
 def source_split(cache: SplitCache) -> Split:
-    meta = __import__("json").loads((cache.path / "meta.json").read_text())
+    meta = json.loads((cache.path / "meta.json").read_text())
     mask_dir = Path(meta["mask_dir"]) if meta["mask_dir"] else None
     return Split(cache.split, Path(meta["image_dir"]), mask_dir, tuple(cache.ids))
 
@@ -195,6 +196,13 @@ def write_submission(model: torch.nn.Module, loader, out_dir: str | Path, device
     Returns the number of files written.
     """
     out_dir = Path(out_dir)
+    if out_dir.exists():
+        foreign = [p.name for p in out_dir.iterdir() if not MASK_RE.match(p.name)]
+        if foreign:
+            raise DataError(
+                f"{out_dir} holds files that are not submission masks ({', '.join(sorted(foreign)[:3])}, ...); "
+                "choose an empty or new folder (a previous submission there is replaced)"
+            )
     cache: SplitCache = loader.dataset.cache
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -196,6 +196,15 @@ def test_submission_files_are_named_sized_and_binary(small_root, tmp_path, cache
     from_files = score_submission(out, small_root, "val").overall
     assert from_files == pytest.approx(evaluate_checkpoint(os.path.join(run, "best.pt"), small_root, "val",
                                                            tta="hflip").scores.overall, abs=1e-9)
+    # a second run replaces the submission; a folder with other files is refused, untouched
+    assert main(["predict", "--checkpoint", os.path.join(run, "best.pt"), "--images", str(images),
+                 "--out", str(out)]) == 0
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "thesis.tex").write_text("keep me")
+    assert main(["predict", "--checkpoint", os.path.join(run, "best.pt"), "--images", str(images),
+                 "--out", str(other)]) == 2
+    assert os.listdir(other) == ["thesis.tex"]
     for i, size in ((100, (48, 40)), (101, (56, 42))):
         for a in ATTRIBUTES:
             im = Image.open(out / f"ISIC_{i:07d}_attribute_{a}.png")
