@@ -79,8 +79,8 @@ def score_submission(pred_dir: str | Path, data_root: str | Path, split: str = "
     pred_dir = Path(pred_dir)
     acc = OfficialScore()
     for image_id in truth.ids:
-        t = [read_mask(truth.mask_path(image_id, a), _png_hw(truth.mask_path(image_id, a)))[0] for a in ATTRIBUTES]
-        hw = t[0].shape
+        hw = _png_hw(truth.mask_path(image_id, ATTRIBUTES[0]))
+        t = [read_mask(truth.mask_path(image_id, a), hw)[0] for a in ATTRIBUTES]
         p = []
         for a in ATTRIBUTES:
             path = pred_dir / mask_name(image_id, a)

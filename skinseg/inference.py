@@ -36,16 +36,21 @@ def split_output(output) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 @torch.no_grad()
 def predict_probs(model: torch.nn.Module, images: torch.Tensor, tta: str = "none",
-                  amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Sigmoid probabilities B x C x H x W (and presence B x C with an aux head), averaged over flips."""
+                  amp_dtype: torch.dtype | None = None, output=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Sigmoid probabilities B x C x H x W (and presence B x C with an aux head), averaged over flips.
+
+    ``output``: the model's output on the unflipped images, when the caller already has it.
+    """
     if tta not in TTA_FLIPS:
         raise ValueError(f"tta {tta!r} is not valid; choose one of {', '.join(TTA_FLIPS)}")
     probs, presence = 0.0, None
     flips = TTA_FLIPS[tta]
     for dims in flips:
-        x = images.flip(dims) if dims else images
-        with autocast(images.device, amp_dtype):
-            logits, pres = split_output(model(x))
+        if not dims and output is not None:
+            logits, pres = split_output(output)
+        else:
+            with autocast(images.device, amp_dtype):
+                logits, pres = split_output(model(images.flip(dims) if dims else images))
         p = torch.sigmoid(logits.float())
         probs = probs + (p.flip(dims) if dims else p)
         if pres is not None:
@@ -140,12 +145,13 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device, thresholds=No
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         target = batch["mask"].to(device, non_blocking=True)
+        out = None
         if loss_fn is not None:
             with autocast(device, amp_dtype):
                 out = model(x)
             loss_sum += float(loss_fn(out, target)) * len(x)
             loss_n += len(x)
-        probs, presence = predict_probs(model, x, tta, amp_dtype)
+        probs, presence = predict_probs(model, x, tta, amp_dtype, output=out)
         if not at_original:
             _accumulate(score, sweep, probs, target, presence, thresholds, gates)
             if per_image:

@@ -206,29 +206,36 @@ class ThresholdSweep:
             thresholds, gate cut-offs (list per attribute; 0.0 means no gating), and the tuned overall score.
         """
         grid = grid or tuple(k / self.bins for k in range(1, self.bins))
-        thr = [0.5] * self.classes
-        gates = [0] * self.classes
+        ks = [int(round(t * self.bins)) for t in grid]
+        # TP/FP of every (gate, attribute, threshold bin) at once: sums of the histogram from the bin up
+        zero = torch.zeros(*self.pos.shape[:2], 1, dtype=torch.float64)
+        tp_at = torch.cat([self.pos.flip(-1).cumsum(-1).flip(-1), zero], -1).numpy()
+        fp_at = torch.cat([self.neg.flip(-1).cumsum(-1).flip(-1), zero], -1).numpy()
+        positives = self.pos_total.numpy()
         g_options = range(len(self.gate_cutoffs)) if tune_gate else [0]
 
-        def total(thr, gates):
-            tp = fp = fn = 0.0
-            for c in range(self.classes):
-                a, b, d = (x[c] for x in self.counts(thr, gates[c]))
-                tp, fp, fn = tp + a, fp + b, fn + d
-            return float(tp / (tp + fp + fn)) if tp + fp + fn > 0 else 1.0
+        def counts(c: int, g: int, k: int) -> tuple[float, float, float]:
+            return tp_at[g, c, k], fp_at[g, c, k], positives[c] - tp_at[g, c, k]
 
-        best = total(thr, gates)
+        def jaccard(t: float, f: float, n: float) -> float:
+            return t / (t + f + n) if t + f + n > 0 else 1.0
+
+        k50 = int(round(0.5 * self.bins))
+        thr, gates = [0.5] * self.classes, [0] * self.classes
+        chosen = [counts(c, 0, k50) for c in range(self.classes)]
+        totals = [sum(x[i] for x in chosen) for i in range(3)]
+        best = jaccard(*totals)
         for _ in range(rounds):
             improved = False
             for c in range(self.classes):
                 for g in g_options:
-                    for t in grid:
-                        cand_t, cand_g = list(thr), list(gates)
-                        cand_t[c], cand_g[c] = t, g
-                        s = total(cand_t, cand_g)
-                        if s > best + 1e-12:
-                            best, thr, gates, improved = s, cand_t, cand_g, True
+                    for t, k in zip(grid, ks):
+                        cand = counts(c, g, k)
+                        new = [totals[i] - chosen[c][i] + cand[i] for i in range(3)]
+                        score = jaccard(*new)
+                        if score > best + 1e-12:
+                            best, totals, chosen[c], thr[c], gates[c], improved = score, new, cand, t, g, True
             if not improved:
                 break
         cutoffs = [float(self.gate_cutoffs[g]) for g in gates]
-        return [round(t, 4) for t in thr], cutoffs, best
+        return [round(t, 4) for t in thr], cutoffs, float(best)

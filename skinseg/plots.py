@@ -5,13 +5,13 @@ from collections.abc import Sequence
 
 import matplotlib.patches
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
 
-from skinseg.data.isic import ATTRIBUTES  # noqa: E402
-from skinseg.overlay import ATTRIBUTE_COLOURS, overlay  # noqa: E402
+from skinseg.data.isic import ATTRIBUTES
+from skinseg.overlay import ATTRIBUTE_COLOURS, overlay
 
 LABELS = [a.replace("_", " ") for a in ATTRIBUTES]
 

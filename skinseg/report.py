@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import nbformat
-import yaml
 
 from skinseg.config import Config
 from skinseg.paths import NOTEBOOKS_DIR, PARAMS_DIR, REPORTS_DIR, SYNTH_DIR, resolve
@@ -46,6 +45,11 @@ def ensure_synthetic(root: str | Path | None = None, **options: Any) -> Path:
                     width_range=tuple(opts["width_range"]))
     marker.write_text(json.dumps(opts))
     return root
+
+
+def uses_synthetic(values: dict[str, Any], data_root: str | Path | None) -> bool:
+    """True when neither the caller nor the params name a data root: the embedded synthetic set is used."""
+    return data_root is None and not values.get("data_root")
 
 
 def notebook_parameters(name: str, source_dir: Path = NOTEBOOKS_DIR) -> dict[str, Any]:
@@ -87,7 +91,7 @@ def run_notebooks(params: str | Path = PARAMS_DIR / "demo.yaml", data_root: str 
     nb_dir = out_dir / "notebooks"
     nb_dir.mkdir(parents=True, exist_ok=True)
     values = load_params(params)
-    synthetic = data_root is None and not values.get("data_root")
+    synthetic = uses_synthetic(values, data_root)
     root = ensure_synthetic() if synthetic else resolve(data_root or values["data_root"])
     run_root = out_dir / "runs"
     values.update(data_root=str(root), output_dir=str(run_root), run_name="report")
@@ -229,8 +233,10 @@ def build_report(params: str | Path = PARAMS_DIR / "demo.yaml", data_root: str |
     start = time.perf_counter()
     out_dir = Path(out_dir)
     executed = run_notebooks(params, data_root, out_dir, **options)
-    values = yaml.safe_load(Path(resolve(params)).read_text()) or {}
-    synthetic = data_root is None and not values.get("data_root")
+    from skinseg.sweeps import load_params
+
+    values = load_params(params)
+    synthetic = uses_synthetic(values, data_root)
     intro = ("**Data: the embedded synthetic ISIC-like dataset.** Scores on it are not comparable with the "
              "ISIC 2018 leaderboard." if synthetic else f"Data: `{data_root or values.get('data_root')}`.")
     intro += f" Parameters: `{Path(params).name}`."

@@ -31,7 +31,7 @@ def test_train_augmentation_moves_image_and_mask_together(tiny_root, cache_root)
     torch.testing.assert_close(aug["image"], plain["image"].flip(1).flip(2))
 
 
-def test_default_train_pipeline_changes_samples_but_keeps_binary_masks(tiny_root, cache_root):
+def test_default_train_pipeline_steps_in_order_and_binary_masks(tiny_root, cache_root):
     ds = make_dataset(_cfg(tiny_root), "train", train=True)
     a, b = ds[0], ds[0]
     for s in (a, b):

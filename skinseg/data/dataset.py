@@ -109,7 +109,7 @@ def split_cache(cfg: Config, split: str) -> tuple[SplitCache, np.ndarray | None]
         raise DataError("data_root is not set: point it at the ISIC data, or run `skinseg synth DIR` first")
     source = "train" if split == "dev" else split
     cache = build_cache(get_split(root, source), size=cfg.image_size, mode=cfg.resize_mode,
-                        workers=max(1, cfg.num_workers) if cfg.num_workers else None)
+                        workers=cfg.num_workers or None)
     if cfg.dev_fraction <= 0 or source != "train":
         return cache, None
     if cache.present is None:
