@@ -56,6 +56,7 @@ class Config:
     val_split: str = _choice(*SPLIT_NAMES, default="val")
     dev_fraction: float = 0.0
     num_workers: int = 0
+    crop_size: int | None = None  # train on random crops of the image_size image; evaluate on whole images
     # augmentation (probabilities and ranges)
     aug_flip_p: float = 0.5
     aug_rotate90_p: float = 0.5
@@ -167,6 +168,9 @@ class Config:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.image_size % 32:
             raise ConfigError(f"image_size: {self.image_size} must be a multiple of 32 (e.g. 256, 384, 512)")
+        if self.crop_size is not None and not (32 <= self.crop_size <= self.image_size and self.crop_size % 32 == 0):
+            raise ConfigError(f"crop_size: {self.crop_size} must be a multiple of 32 between 32 and image_size "
+                              f"({self.image_size}), or null for whole images")
         if self.lr <= 0:
             raise ConfigError(f"lr: must be > 0, got {self.lr}")
         if not 0.0 <= self.dev_fraction < 1.0:

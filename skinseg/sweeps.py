@@ -51,7 +51,8 @@ def find_done(run_root: Path, params: dict[str, Any]) -> Path | None:
     for run in sorted(run_root.iterdir(), reverse=True):
         if not (run / "config.yaml").exists() or not is_complete(run):
             continue
-        have = yaml.safe_load((run / "config.yaml").read_text())
+        # keys added to Config after the run was made take their defaults
+        have = {**Config().to_dict(), **yaml.safe_load((run / "config.yaml").read_text())}
         if {k: v for k, v in have.items() if k not in IGNORED_WHEN_COMPARING} == wanted:
             return run
     return None

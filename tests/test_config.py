@@ -48,6 +48,10 @@ def test_bad_values_are_rejected():
         Config.from_dict({"pos_weight": [1.0, 2.0]})
     with pytest.raises(ConfigError, match="dev_fraction"):
         Config.from_dict({"val_split": "dev"})
+    with pytest.raises(ConfigError, match=r"crop_size: 160 .*image_size \(128\)"):
+        Config(image_size=128, crop_size=160)
+    with pytest.raises(ConfigError, match="crop_size: 100"):
+        Config(image_size=128, crop_size=100)
 
 
 def test_types_are_coerced_from_yaml_and_overrides(tmp_path):

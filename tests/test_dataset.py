@@ -31,6 +31,24 @@ def test_train_augmentation_moves_image_and_mask_together(tiny_root, cache_root)
     torch.testing.assert_close(aug["image"], plain["image"].flip(1).flip(2))
 
 
+def test_crop_size_trains_on_windows_of_the_whole_image_and_evaluates_whole(tiny_root, cache_root):
+    cfg = Config(data_root=str(tiny_root), image_size=64, crop_size=32, batch_size=2, aug_flip_p=0.0,
+                 aug_rotate90_p=0.0, aug_rotate_p=0.0, aug_scale_p=0.0, aug_color_p=0.0)
+    crop = make_dataset(cfg, "train", train=True)[0]
+    whole = make_dataset(cfg, "train", train=False)[0]
+    assert crop["image"].shape == (3, 32, 32) and crop["mask"].shape == (5, 32, 32)
+    assert whole["image"].shape == (3, 64, 64) and whole["mask"].shape == (5, 64, 64)
+    # the crop is an exact window of the whole image, and its mask the same window of the whole mask
+    windows = [(y, x) for y in range(33) for x in range(33)
+               if torch.equal(whole["image"][:, y:y + 32, x:x + 32], crop["image"])]
+    assert len(windows) >= 1
+    y, x = windows[0]
+    torch.testing.assert_close(crop["mask"], whole["mask"][:, y:y + 32, x:x + 32])
+    # crop_size equal to image_size is a no-op
+    same = make_dataset(cfg.replace(crop_size=64), "train", train=True)[0]
+    assert same["image"].shape == (3, 64, 64)
+
+
 def test_default_train_pipeline_steps_in_order_and_binary_masks(tiny_root, cache_root):
     ds = make_dataset(_cfg(tiny_root), "train", train=True)
     a, b = ds[0], ds[0]

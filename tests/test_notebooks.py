@@ -113,3 +113,18 @@ def test_export_figures_takes_the_png_under_each_readme_heading(tmp_path, monkey
     written = report.export_figures([path], tmp_path / "images")
     assert [p.name for p in written] == ["prevalence.png"]
     assert (tmp_path / "images" / "prevalence.png").read_bytes() == b"\x89PNG fake"
+
+
+def test_sweep_recognises_a_run_made_before_a_config_key_existed(tmp_path):
+    from skinseg.config import Config
+    from skinseg.sweeps import find_done
+
+    params = Config(epochs=1, run_name="a", output_dir=str(tmp_path)).to_dict()
+    run = tmp_path / "20260101-000000_a"
+    run.mkdir()
+    old = {k: v for k, v in params.items() if k != "crop_size"}  # a config.yaml written before crop_size existed
+    (run / "config.yaml").write_text(yaml.safe_dump(old))
+    (run / "best.pt").write_bytes(b"x")
+    (run / "metrics.csv").write_text("kind,epoch\nepoch,1\n")
+    assert find_done(tmp_path, params) == run
+    assert find_done(tmp_path, {**params, "crop_size": 64}) is None  # a new value of the new key is a new run

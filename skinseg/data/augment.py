@@ -18,11 +18,15 @@ def eval_transform(cfg: Config) -> A.Compose:
 
 
 def train_transform(cfg: Config) -> A.Compose:
-    """Flips, 90-degree and free rotations, affine scale, mild brightness/contrast/hue jitter.
+    """Random crop (``crop_size``), flips, 90-degree and free rotations, affine scale, mild colour jitter.
 
     Each step has its own probability in the config (``aug_*_p``); a probability of 0 drops the step.
+    With ``crop_size`` set, training sees random ``crop_size`` windows of the ``image_size`` image (full detail
+    at the cost of a smaller input), while evaluation (``eval_transform``) keeps whole images.
     """
     steps = []
+    if cfg.crop_size is not None and cfg.crop_size < cfg.image_size:
+        steps.append(A.RandomCrop(cfg.crop_size, cfg.crop_size, p=1.0))
     if cfg.aug_flip_p > 0:
         steps += [A.HorizontalFlip(p=cfg.aug_flip_p), A.VerticalFlip(p=cfg.aug_flip_p)]
     if cfg.aug_rotate90_p > 0:
