@@ -75,6 +75,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ensemble(args: argparse.Namespace) -> int:
+    from skinseg.ensemble import build_ensemble
+
+    summary = build_ensemble(args.checkpoint, args.data, args.out, tune_split=args.tune_split, tta=args.tta,
+                             device=args.device)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from skinseg.evaluation import predict_folder
 
@@ -164,6 +173,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--json", help="write the official-scorer-shaped JSON here")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("ensemble", help="average the probabilities of several checkpoints; tune thresholds again")
+    p.add_argument("--checkpoint", required=True, nargs="+", help="two or more best.pt / last.pt files")
+    p.add_argument("--data", required=True, help="data root")
+    p.add_argument("--tune-split", default="dev", choices=("dev", "val"),
+                   help="split to tune the ensemble's thresholds on (dev: the members' common hold-out of train)")
+    p.add_argument("--tta", default="none", choices=("none", "hflip", "hvflip"))
+    p.add_argument("--out", required=True, help="ensemble file to write (takes the place of a checkpoint)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_ensemble)
 
     p = sub.add_parser("predict", help="write a challenge submission (one PNG per image and attribute)")
     p.add_argument("--checkpoint", required=True)

@@ -12,6 +12,7 @@ from skinseg.data.cache import build_cache
 from skinseg.data.dataset import ISICDataset, make_loader
 from skinseg.data.augment import eval_transform
 from skinseg.data.isic import ATTRIBUTES, DataError, Split, get_split, list_image_ids
+from skinseg.ensemble import is_ensemble, load_members, member_config
 from skinseg.inference import EvalResult, evaluate, write_submission
 from skinseg.metrics import Scores
 from skinseg.models import model_from_config
@@ -20,13 +21,15 @@ from skinseg.train.distributed import pick_amp, pick_device
 
 
 def load_for_inference(checkpoint: str | Path, device: str = "auto"):
-    """(model in eval mode, config, checkpoint state, device, amp dtype) from a checkpoint file."""
+    """(model in eval mode, config, checkpoint state, device, amp dtype) from a checkpoint or ensemble file."""
     state = load_checkpoint(checkpoint)
-    cfg = Config.from_dict({k: v for k, v in state["config"].items()}, source=str(checkpoint))
-    cfg = cfg.replace(pretrained=False, pretrained_path=None, load=None)  # weights come from the checkpoint
+    if is_ensemble(state):
+        model, cfg = load_members(state, str(checkpoint), model_from_config, load_model_weights)
+    else:
+        cfg = member_config(state["config"], str(checkpoint))
+        model = model_from_config(cfg)
+        load_model_weights(model, state, checkpoint)
     dev = pick_device(device)
-    model = model_from_config(cfg)
-    load_model_weights(model, state, checkpoint)
     model = model.to(dev).eval()
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
