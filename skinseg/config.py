@@ -55,6 +55,7 @@ class Config:
     train_split: str = _choice(*SPLIT_NAMES, default="train")
     val_split: str = _choice(*SPLIT_NAMES, default="val")
     dev_fraction: float = 0.0
+    dev_seed: int | None = None  # seed of the dev hold-out; null: `seed` (fix it to vary `seed` over one dev split)
     num_workers: int = 0
     crop_size: int | None = None  # train on random crops of the image_size image; evaluate on whole images
     # augmentation (probabilities and ranges)
@@ -156,6 +157,11 @@ class Config:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     # ---- validation -----------------------------------------------------------------
+    @property
+    def holdout_seed(self) -> int:
+        """The seed that picks the dev hold-out: ``dev_seed``, else ``seed``."""
+        return self.seed if self.dev_seed is None else self.dev_seed
+
     def validate(self) -> None:
         for f in fields(self):
             choices = f.metadata.get("choices")

@@ -68,12 +68,12 @@ def ensemble_config(configs: list[Config], tune_split: str) -> Config:
             raise ConfigError(f"ensemble members differ in {name} ({', '.join(sorted(values))}); "
                               "combine checkpoints trained with the same value")
     if tune_split == "dev":
-        holdouts = {(c.dev_fraction, c.seed, c.train_split) for c in configs}
+        holdouts = {(c.dev_fraction, c.holdout_seed, c.train_split) for c in configs}
         if len(holdouts) > 1 or first.dev_fraction == 0.0:
             raise ConfigError(
-                "tuning on dev needs members that all held out the same dev split (same dev_fraction > 0, seed "
-                f"and train_split); got (dev_fraction, seed, train_split) = {sorted(holdouts)}. "
-                "Tune on val instead (--tune-split val)."
+                "tuning on dev needs members that all held out the same dev split (same dev_fraction > 0, "
+                f"dev_seed (else seed) and train_split); got (dev_fraction, dev seed, train_split) = "
+                f"{sorted(holdouts)}. Tune on val instead (--tune-split val), or train members with one dev_seed."
             )
     primary = max(configs, key=lambda c: c.image_size)
     return primary.replace(aux_head=False, crop_size=None)

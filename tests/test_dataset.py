@@ -102,3 +102,17 @@ def test_dev_split_from_config(tiny_root, cache_root):
     dev = make_dataset(cfg, "dev", train=False)
     assert len(train) + len(dev) == 6 and len(dev) >= 1
     assert not set(train.indices) & set(dev.indices)
+
+
+def test_dev_seed_fixes_the_holdout_while_seed_varies(tmp_path, cache_root):
+    from conftest import write_split
+
+    write_split(tmp_path / "isic", "train", [(40, 40)] * 16, seed=5)
+
+    def dev_ids(**kw):
+        return make_dataset(_cfg(tmp_path / "isic", dev_fraction=0.5, **kw), "dev", train=False).indices
+
+    by_seed = {s: tuple(dev_ids(seed=s)) for s in range(6)}
+    assert len(set(by_seed.values())) > 1  # the hold-out follows `seed` by default ...
+    for s in range(6):  # ... and `dev_seed` pins it, whatever `seed` is
+        assert tuple(dev_ids(seed=s, dev_seed=3)) == by_seed[3]

@@ -40,6 +40,8 @@ def test_members_must_agree_on_data_settings_and_dev_holdout():
     with pytest.raises(ConfigError, match="same dev split"):
         ensemble_config([Config(), Config()], "dev")
     assert ensemble_config([base, base.replace(seed=7)], "val").seed == 42
+    # other seeds over one pinned dev hold-out can be tuned on dev
+    assert ensemble_config([base, base.replace(seed=7, dev_seed=42)], "dev").holdout_seed == 42
 
 
 @pytest.fixture

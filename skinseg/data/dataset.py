@@ -114,7 +114,7 @@ def split_cache(cfg: Config, split: str) -> tuple[SplitCache, np.ndarray | None]
         return cache, None
     if cache.present is None:
         raise DataError("the dev hold-out needs the training split's ground truth")
-    dev = dev_holdout(cache.present, cfg.dev_fraction, cfg.seed)
+    dev = dev_holdout(cache.present, cfg.dev_fraction, cfg.holdout_seed)
     if split == "dev":
         return cache, dev
     return cache, np.setdiff1d(np.arange(len(cache)), dev)
