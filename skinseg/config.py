@@ -250,6 +250,8 @@ def _coerce(key: str, value: Any, source: str) -> Any:
             if not isinstance(value, dict):
                 raise ValueError
             return {str(k): float(v) for k, v in value.items()}
+        if t.startswith("str") and isinstance(value, bool):
+            return "off" if value is False else "on"  # YAML 1.1 reads `amp: off` as false
         if t.startswith("str") and not isinstance(value, str):
             return str(value)
     except (TypeError, ValueError):

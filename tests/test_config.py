@@ -60,6 +60,12 @@ def test_types_are_coerced_from_yaml_and_overrides(tmp_path):
     cfg = Config.from_yaml(path, overrides=parse_overrides(["batch_size=16", "loss={focal: 1, dice: 0.5}"]))
     assert cfg.lr == pytest.approx(3e-4) and cfg.epochs == 2 and cfg.bilinear is False and cfg.t_max == 5
     assert cfg.batch_size == 16 and cfg.loss == {"focal": 1.0, "dice": 0.5}
+    # YAML 1.1 reads `off` as false; the string choice `off` survives, in files and on the command line
+    path.write_text("amp: off\n")
+    assert Config.from_yaml(path).amp == "off"
+    assert Config.from_yaml(path, overrides=parse_overrides(["amp=off"])).amp == "off"
+    with pytest.raises(ConfigError, match="tta: 'off' is not valid"):
+        Config.from_dict({"tta": False})
 
 
 def test_missing_and_malformed_files(tmp_path):
