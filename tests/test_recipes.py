@@ -35,3 +35,22 @@ def test_recipe_trains_through_the_cli(name, tmp_path, cache_root, capsys):
                          "crop_size"}}
     assert {k: state["config"][k] for k in kept} == kept
     assert state["config"]["val_split"] == "dev" and len(summary["thresholds"]) == 5
+
+
+@pytest.mark.slow
+def test_gpu_recipe_runs_as_a_papermill_run_of_03_train(tmp_path, cache_root):
+    import papermill as pm
+
+    from skinseg.paths import NOTEBOOKS_DIR
+
+    root = tmp_path / "isic"
+    write_split(root, "train", [(48, 40)] * 12, seed=1)
+    write_split(root, "val", [(48, 40)] * 2, seed=2, first_id=100)
+    params = {**yaml.safe_load((PARAMS_DIR / "isic.yaml").read_text()), "data_root": str(root), "epochs": 1,
+              "batch_size": 2, "image_size": 64, "encoder": "convnext_atto", "num_workers": 0, "amp": "off",
+              "output_dir": str(tmp_path / "runs"), "run_name": "gpu_recipe"}
+    pm.execute_notebook(str(NOTEBOOKS_DIR / "03_train.ipynb"), str(tmp_path / "03_train.ipynb"), parameters=params,
+                        cwd=str(NOTEBOOKS_DIR), progress_bar=False)
+    (run,) = (tmp_path / "runs").iterdir()
+    cfg = load_checkpoint(run / "best.pt")["config"]
+    assert cfg["model"] == "unet-convnext-attention" and cfg["aux_head"] and cfg["ema"] == 0.999
