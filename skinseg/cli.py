@@ -76,7 +76,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_ensemble(args: argparse.Namespace) -> int:
-    from skinseg.ensemble import build_ensemble
+    from skinseg.evaluation import build_ensemble
 
     summary = build_ensemble(args.checkpoint, args.data, args.out, tune_split=args.tune_split, tta=args.tta,
                              device=args.device)

@@ -1,4 +1,5 @@
-"""Checkpoint-level verbs: evaluate a checkpoint on a split, write a submission for a folder of images."""
+"""Checkpoint-level verbs: evaluate a checkpoint on a split, write a submission for a folder of images, combine
+checkpoints into an ensemble, score a submission folder."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,16 +8,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from skinseg.config import Config
+from skinseg.config import Config, ConfigError
 from skinseg.data.cache import build_cache
 from skinseg.data.dataset import ISICDataset, make_loader
 from skinseg.data.augment import eval_transform
 from skinseg.data.isic import ATTRIBUTES, DataError, Split, get_split, list_image_ids
-from skinseg.ensemble import is_ensemble, load_members, member_config
+from skinseg.ensemble import KIND, ensemble_config, ensemble_from_state, is_ensemble, member_config
+from skinseg.errors import CheckpointError
 from skinseg.inference import EvalResult, evaluate, write_submission
 from skinseg.metrics import Scores
 from skinseg.models import model_from_config
-from skinseg.train.checkpoint import load_checkpoint, load_model_weights
+from skinseg.train.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
 from skinseg.train.distributed import pick_amp, pick_device
 
 
@@ -24,17 +26,23 @@ def load_for_inference(checkpoint: str | Path, device: str = "auto"):
     """(model in eval mode, config, checkpoint state, device, amp dtype) from a checkpoint or ensemble file."""
     state = load_checkpoint(checkpoint)
     if is_ensemble(state):
-        model, cfg = load_members(state, str(checkpoint), model_from_config, load_model_weights)
+        model, cfg = ensemble_from_state(state, str(checkpoint))
     else:
         cfg = member_config(state["config"], str(checkpoint))
         model = model_from_config(cfg)
         load_model_weights(model, state, checkpoint)
+    model, dev, amp_dtype = _ready(model, cfg, device)
+    return model, cfg, state, dev, amp_dtype
+
+
+def _ready(model: torch.nn.Module, cfg: Config, device: str):
+    """The model on its device in eval mode (channels_last when configured), the device and the amp dtype."""
     dev = pick_device(device)
     model = model.to(dev).eval()
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     amp_dtype, _ = pick_amp(cfg.amp, dev)
-    return model, cfg, state, dev, amp_dtype
+    return model, dev, amp_dtype
 
 
 def evaluate_checkpoint(checkpoint, data_root, split: str = "val", tta: str | None = None, tuned: bool = True,
@@ -67,6 +75,33 @@ def predict_folder(checkpoint, images_dir, out_dir, tta: str | None = None, devi
     gates = state["gates"] if cfg.aux_head else None
     return write_submission(model, loader, out_dir, dev, state["thresholds"], gates, tta=tta or cfg.tta,
                             amp_dtype=amp_dtype, channels_last=cfg.channels_last)
+
+
+def build_ensemble(checkpoints: list[str | Path], data_root: str | Path, out: str | Path, tune_split: str = "dev",
+                   tta: str = "none", device: str = "auto", num_workers: int = 0) -> dict:
+    """Combine checkpoints into an ensemble file, its per-attribute thresholds tuned on ``tune_split`` with the
+    official score. Returns a summary: the ensemble file, tuned thresholds, and the scores on the tune split.
+    """
+    if len(checkpoints) < 2:
+        raise ConfigError("an ensemble needs at least two checkpoints")
+    states = [load_checkpoint(p) for p in checkpoints]
+    for p, s in zip(checkpoints, states):
+        if is_ensemble(s):
+            raise CheckpointError(f"{p} is itself an ensemble; list its member checkpoints instead")
+    configs = [member_config(s["config"], str(p)) for p, s in zip(checkpoints, states)]
+    cfg = ensemble_config(configs, tune_split).replace(tta=tta)
+    state = {"kind": KIND, "config": cfg.to_dict(),
+             "members": [{"source": str(p), "config": s["config"], "model": s["model"]}
+                         for p, s in zip(checkpoints, states)]}
+    model, dev, amp_dtype = _ready(ensemble_from_state(state, str(out))[0], cfg, device)
+    loader = make_loader(cfg.replace(data_root=str(data_root), num_workers=num_workers), tune_split, train=False)
+    result = evaluate(model, loader, dev, tta=tta, amp_dtype=amp_dtype, channels_last=cfg.channels_last)
+    thresholds, _, score = result.sweep.tune()
+    state.update(thresholds=thresholds, gates=[0.0] * cfg.classes,
+                 best={"score": score, "split": tune_split, "score_at_0.5": result.scores.overall})
+    save_checkpoint(state, out)
+    return {"ensemble": str(out), "members": [str(p) for p in checkpoints], "tune_split": tune_split,
+            "thresholds": thresholds, "tuned_score": score, "score_at_0.5": result.scores.overall}
 
 
 def score_submission(pred_dir: str | Path, data_root: str | Path, split: str = "val") -> Scores:
