@@ -20,10 +20,11 @@ time .venv/bin/python -m skinseg train --config params/isic.yaml --set "data_roo
   --set output_dir="$OUT/runs" --set num_workers=8 --set warmup_epochs=0 | tee "$OUT/train.json"
 RUN=$(ls -d "$OUT"/runs/*/ | tail -1)
 .venv/bin/python - "$RUN" <<'PY'
-import csv, sys
-rows = [r for r in csv.DictReader(open(sys.argv[1] + "metrics.csv")) if r["kind"] == "epoch"]
-for r in rows:
-    print(f"epoch {r['epoch']}: {float(r['images_per_s']):.1f} images/s, {float(r['epoch_seconds']):.1f} s, "
-          f"val (dev) official jaccard {float(r['val_jaccard']):.4f}, tuned {float(r['val_tuned_jaccard']):.4f}")
+import sys
+from skinseg.runs import read_metrics
+for _, r in read_metrics(sys.argv[1])[1].iterrows():
+    print(f"epoch {int(r['epoch'])}: {r['images_per_s']:.1f} images/s, {r['epoch_seconds']:.1f} s, "
+          f"val (dev) official jaccard {r['val_jaccard']:.4f}, tuned {r['val_tuned_jaccard']:.4f}")
 PY
-.venv/bin/python -m skinseg evaluate --checkpoint "$RUN/best.pt" --data "$ROOT" --split val --json "$OUT/val.json"
+BEST=$(.venv/bin/python -c "import sys; from skinseg.runs import best_checkpoint; print(best_checkpoint(sys.argv[1]))" "$RUN")
+.venv/bin/python -m skinseg evaluate --checkpoint "$BEST" --data "$ROOT" --split val --json "$OUT/val.json"

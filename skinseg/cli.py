@@ -4,6 +4,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
+
+from skinseg.choices import RESIZE_MODES, SPLIT_NAMES, TTA_MODES
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -36,8 +39,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
         print(stats_table(stats).T.to_string())
     print(json.dumps(stats, indent=2))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(stats, f, indent=2)
+        _write_json(args.json, stats)
     return 0
 
 
@@ -62,16 +64,37 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _json_target(path: str | None) -> Path | None:
+    """Check that a --json file can be written before the work that fills it."""
+    if not path:
+        return None
+    from skinseg.errors import ensure_writable
+
+    target = Path(path).expanduser().resolve()
+    if target.is_dir():
+        from skinseg.errors import ConfigError
+
+        raise ConfigError(f"--json {path} is a folder; name a file, e.g. {Path(path) / 'scores.json'}")
+    ensure_writable(target.parent, "the folder of --json", "choose another --json path")
+    return target
+
+
+def _write_json(path: str | Path, data) -> None:
+    from skinseg.runs import write_atomic
+
+    write_atomic(Path(path), json.dumps(data, indent=2))
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from skinseg.evaluation import evaluate_checkpoint, scores_table
 
+    json_path = _json_target(args.json)
     result = evaluate_checkpoint(args.checkpoint, args.data, args.split, tta=args.tta, tuned=not args.untuned,
                                  device=args.device)
     print(scores_table(result.scores).to_string(float_format=lambda v: f"{v:.4f}"))
     print(f"overall (micro-averaged Jaccard, the leaderboard score): {result.scores.overall:.4f}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result.scores.to_official_json(), f, indent=2)
+    if json_path:
+        _write_json(json_path, result.scores.to_official_json())
     return 0
 
 
@@ -95,24 +118,28 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_score(args: argparse.Namespace) -> int:
     from skinseg.evaluation import score_submission, scores_table
 
+    json_path = _json_target(args.json)
     scores = score_submission(args.submission, args.data, args.split)
     print(scores_table(scores).to_string(float_format=lambda v: f"{v:.4f}"))
     print(f"overall (micro-averaged Jaccard, the leaderboard score): {scores.overall:.4f}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(scores.to_official_json(), f, indent=2)
+    if json_path:
+        _write_json(json_path, scores.to_official_json())
     return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from skinseg.errors import ConfigError
+    from skinseg.paths import IMAGES_DIR, PARAMS_DIR
     from skinseg.report import ReportError, build_report
 
+    params = PARAMS_DIR / "demo.yaml"
+    if args.params:  # relative to the working directory, as `train --config`
+        params = Path(args.params).expanduser().resolve()
+        if not params.is_file():
+            raise ConfigError(f"--params {args.params}: no such file ({params}); e.g. --params params/isic.yaml")
+    data = str(Path(args.data).expanduser().resolve()) if args.data else None
     try:
-        from skinseg.paths import PARAMS_DIR
-
-        from skinseg.paths import IMAGES_DIR
-
-        result = build_report(args.params or PARAMS_DIR / "demo.yaml", args.data, pdf=not args.no_pdf,
+        result = build_report(params, data, pdf=not args.no_pdf,
                               images_dir=IMAGES_DIR if args.update_images else None)
     except ReportError as e:
         print(f"skinseg report: {e}", file=sys.stderr)
@@ -149,14 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stats", help="per-split image count, attribute prevalence, pixel fraction, RGB mean/std")
     p.add_argument("root", help="data root holding the official ISIC 2018 folders")
     p.add_argument("--image-size", type=int, default=256)
-    p.add_argument("--resize-mode", choices=("stretch", "pad"), default="stretch")
+    p.add_argument("--resize-mode", choices=RESIZE_MODES, default="stretch")
     p.add_argument("--json", help="also write the statistics to this JSON file")
     p.set_defaults(func=_cmd_stats)
 
     p = sub.add_parser("cache", help="build the preprocessing cache of every split below ROOT")
     p.add_argument("root")
     p.add_argument("--image-size", type=int, default=256)
-    p.add_argument("--resize-mode", choices=("stretch", "pad"), default="stretch")
+    p.add_argument("--resize-mode", choices=RESIZE_MODES, default="stretch")
     p.set_defaults(func=_cmd_cache)
 
     p = sub.add_parser("train", help="train one config; writes a run folder with checkpoints and metrics.csv")
@@ -167,8 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="official ISIC 2018 Task 2 score of a checkpoint on a split")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", required=True, help="data root")
-    p.add_argument("--split", default="val", choices=("train", "val", "test", "dev"))
-    p.add_argument("--tta", default=None, choices=("none", "hflip", "hvflip"), help="default: the checkpoint's")
+    p.add_argument("--split", default="val", choices=SPLIT_NAMES)
+    p.add_argument("--tta", default=None, choices=TTA_MODES, help="default: the checkpoint's")
     p.add_argument("--untuned", action="store_true", help="threshold 0.5 instead of the tuned thresholds")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", help="write the official-scorer-shaped JSON here")
@@ -179,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="data root")
     p.add_argument("--tune-split", default="dev", choices=("dev", "val"),
                    help="split to tune the ensemble's thresholds on (dev: the members' common hold-out of train)")
-    p.add_argument("--tta", default="none", choices=("none", "hflip", "hvflip"))
+    p.add_argument("--tta", default="none", choices=TTA_MODES)
     p.add_argument("--out", required=True, help="ensemble file to write (takes the place of a checkpoint)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_ensemble)
@@ -188,14 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--images", required=True, help="folder of ISIC_<id>.jpg images")
     p.add_argument("--out", required=True, help="output folder for ISIC_<id>_attribute_<name>.png")
-    p.add_argument("--tta", default=None, choices=("none", "hflip", "hvflip"))
+    p.add_argument("--tta", default=None, choices=TTA_MODES)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("score", help="official score of a submission folder against a split's ground truth")
     p.add_argument("--submission", required=True, help="folder of ISIC_<id>_attribute_<name>.png")
     p.add_argument("--data", required=True, help="data root")
-    p.add_argument("--split", default="val", choices=("train", "val", "test"))
+    p.add_argument("--split", default="val", choices=[s for s in SPLIT_NAMES if s != "dev"])
     p.add_argument("--json", help="write the official-scorer-shaped JSON here")
     p.set_defaults(func=_cmd_score)
 
@@ -209,14 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from skinseg.config import ConfigError
-    from skinseg.data.isic import DataError
-    from skinseg.errors import CheckpointError, TrainingError
+    """Run one subcommand. A user error (:class:`skinseg.errors.SkinsegError`) is printed as one line, exit 2."""
+    from skinseg.errors import SkinsegError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DataError, ConfigError, CheckpointError, TrainingError) as e:
+    except SkinsegError as e:
         print(f"skinseg {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -7,26 +7,18 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-MODELS = ("unet", "unet-residual", "unet-attention", "unet-convnext-attention")
-OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "adabelief", "adagrad")
-SCHEDULERS = ("none", "reduce_lr", "cosine", "cosine_restart", "step", "exp", "onecycle")
-INITS = ("xavier", "kaiming", "orthogonal", "normal", "none")
-RESIZE_MODES = ("stretch", "pad")
-LOSSES = ("bce", "dice", "jaccard", "focal", "tversky")
-AMP_MODES = ("auto", "off", "bf16", "fp16")
-DEVICES = ("auto", "cpu", "cuda", "mps")
-TTA_MODES = ("none", "hflip", "hvflip")
-SPLIT_NAMES = ("train", "val", "test", "dev")
+from skinseg.choices import (AMP_MODES, DEVICES, INITS, LOSSES, MODELS, OPTIMIZERS, RESIZE_MODES, SCHEDULERS,
+                             SPLIT_NAMES, TTA_MODES)
+from skinseg.errors import ConfigError
 
-
-class ConfigError(ValueError):
-    """A bad key or value in a config; the message names it and the valid choices."""
+N_ATTRIBUTES = 5  # the ISIC 2018 Task 2 attributes (skinseg.data.isic.ATTRIBUTES)
 
 
 def _choice(*choices: str, default: str) -> Any:
@@ -133,15 +125,7 @@ class Config:
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> "Config":
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} not found")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from e
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping of keys to values at the top level")
+        data = read_params(path)
         data.update(overrides or {})
         return cls.from_dict(data, source=str(path))
 
@@ -153,8 +137,11 @@ class Config:
         d = dataclasses.asdict(self)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
+    def to_yaml_text(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
     def to_yaml(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        Path(path).write_text(self.to_yaml_text())
 
     # ---- validation -----------------------------------------------------------------
     @property
@@ -172,11 +159,23 @@ class Config:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.classes != N_ATTRIBUTES:
+            raise ConfigError(f"classes: {self.classes} is not supported; the data, the metric and the submissions are "
+                              f"the {N_ATTRIBUTES} ISIC 2018 Task 2 attributes, so classes must be {N_ATTRIBUTES}")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            values = value if isinstance(value, (tuple, list)) else value.values() if isinstance(value, dict) else [value]
+            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+                raise ConfigError(f"{f.name}: must be a finite number, got {value!r}")
         if self.image_size % 32:
             raise ConfigError(f"image_size: {self.image_size} must be a multiple of 32 (e.g. 256, 384, 512)")
         if self.crop_size is not None and not (32 <= self.crop_size <= self.image_size and self.crop_size % 32 == 0):
             raise ConfigError(f"crop_size: {self.crop_size} must be a multiple of 32 between 32 and image_size "
                               f"({self.image_size}), or null for whole images")
+        for name in ("t_max", "step_size", "patience"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name}: must be >= 1{' or null' if name != 'step_size' else ''}, got {value}")
         if self.lr <= 0:
             raise ConfigError(f"lr: must be > 0, got {self.lr}")
         if not 0.0 <= self.dev_fraction < 1.0:
@@ -205,6 +204,23 @@ class Config:
             raise ConfigError("val_split/train_split 'dev' needs dev_fraction > 0 (e.g. 0.15)")
 
 
+def read_params(path: str | Path) -> dict[str, Any]:
+    """The mapping of a params YAML file, read safely (no ``!!python`` tags); ConfigError naming the file when it
+    is missing or not a mapping. Keys are not checked here (see :meth:`Config.from_dict`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot be read ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values at the top level")
+    return data
+
+
 def _did_you_mean(name: str, valid: list[str] | tuple[str, ...]) -> str:
     close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
     return f" (did you mean {close[0]!r}?)" if close else ""
@@ -228,13 +244,16 @@ def _coerce(key: str, value: Any, source: str) -> Any:
             return None
         raise ConfigError(f"{source}: {key} cannot be null")
     try:
-        if t == "int" and not isinstance(value, bool):
-            if isinstance(value, float) and not value.is_integer():
+        if t.startswith("int"):  # int and int | None alike: whole numbers only, no booleans
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
                 raise ValueError
-            return int(value)
-        if t.startswith("int") and "None" in t and not isinstance(value, bool):
-            return int(value)
+            number = float(value) if isinstance(value, str) else value
+            if isinstance(number, float) and not (math.isfinite(number) and number.is_integer()):
+                raise ValueError
+            return int(number)
         if t.startswith("float"):
+            if isinstance(value, bool):
+                raise ValueError
             return float(value)
         if t == "bool":
             if isinstance(value, bool):
@@ -243,13 +262,13 @@ def _coerce(key: str, value: Any, source: str) -> Any:
                 return value.lower() == "true"
             raise ValueError
         if t.startswith("tuple"):
-            return tuple(float(v) for v in value)
+            return tuple(_number(v) for v in value)
         if t.startswith("list[float]"):
-            return [float(v) for v in value]
+            return [_number(v) for v in value]
         if t.startswith("dict"):
             if not isinstance(value, dict):
                 raise ValueError
-            return {str(k): float(v) for k, v in value.items()}
+            return {str(k): _number(v) for k, v in value.items()}
         if t.startswith("str") and isinstance(value, bool):
             return "off" if value is False else "on"  # YAML 1.1 reads `amp: off` as false
         if t.startswith("str") and not isinstance(value, str):
@@ -259,6 +278,12 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     return value
 
 
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or isinstance(value, (list, dict)):
+        raise ValueError
+    return float(value)
+
+
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     """Parse ``key=value`` strings (values read as YAML) from the command line."""
     out: dict[str, Any] = {}
@@ -266,5 +291,10 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key=value")
         key, raw = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(raw)
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            problem = str(e).splitlines()[0]
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({problem}); quote it, "
+                              f"e.g. --set '{key.strip()}=\"...\"'") from None
     return out

@@ -1,10 +1,10 @@
 """Ensembles of trained checkpoints: probabilities averaged over members, thresholds tuned again on a hold-out.
 
 Members may differ in architecture and input size: each sees the input resized to its own ``image_size`` and its
-logits are resized back before the sigmoid probabilities are averaged. The ensemble file is a skinseg checkpoint
-that holds every member's config and weights (it does not depend on the member files) plus the thresholds tuned
-for the ensemble, so ``skinseg evaluate`` and ``skinseg predict`` take it like any checkpoint
-(``skinseg.evaluation.build_ensemble`` writes it).
+logits are resized back before the sigmoid probabilities are averaged. The ensemble file (written and read by
+:mod:`skinseg.checkpoint`) holds every member's config and weights plus the thresholds tuned for the ensemble,
+so ``skinseg evaluate`` and ``skinseg predict`` take it like any checkpoint
+(``skinseg.evaluation.build_ensemble`` makes it).
 """
 from __future__ import annotations
 
@@ -12,12 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from skinseg.config import Config, ConfigError
+from skinseg.config import Config
+from skinseg.errors import ConfigError
 from skinseg.inference import split_output
-from skinseg.models import model_from_config
-from skinseg.train.checkpoint import load_model_weights
 
-KIND = "ensemble"
 _EPS = 1e-6
 
 
@@ -46,21 +44,14 @@ class ModelEnsemble(nn.Module):
         return torch.logit((probs / len(self.members)).clamp(_EPS, 1 - _EPS))
 
 
-def is_ensemble(state: dict) -> bool:
-    return state.get("kind") == KIND
-
-
-def member_config(values: dict, source: str) -> Config:
-    cfg = Config.from_dict(dict(values), source=source)
-    return cfg.replace(pretrained=False, pretrained_path=None, load=None)  # weights come from the checkpoint
-
-
 def ensemble_config(configs: list[Config], tune_split: str) -> Config:
     """The config an ensemble runs under: the members' common data settings at the largest input size.
 
     Raises ConfigError when members cannot be combined, or when ``tune_split`` is ``dev`` and the members
     did not hold out the same dev images (tuning on images a member trained on would inflate the score).
     """
+    if len(configs) < 2:
+        raise ConfigError("an ensemble needs at least two checkpoints")
     first = configs[0]
     for name in ("classes", "resize_mode", "mean", "std"):
         values = {str(getattr(c, name)) for c in configs}
@@ -77,16 +68,3 @@ def ensemble_config(configs: list[Config], tune_split: str) -> Config:
             )
     primary = max(configs, key=lambda c: c.image_size)
     return primary.replace(aux_head=False, crop_size=None)
-
-
-def ensemble_from_state(state: dict, source: str) -> tuple[ModelEnsemble, Config]:
-    """The ensemble model and its config from an ensemble file's state (members' configs and weights)."""
-    members, sizes = [], []
-    for k, member in enumerate(state["members"]):
-        cfg = member_config(member["config"], f"{source} (member {k}: {member.get('source', '?')})")
-        model = model_from_config(cfg)
-        load_model_weights(model, member, f"{source} member {k}")
-        members.append(model)
-        sizes.append(cfg.image_size)
-    cfg = member_config(state["config"], source)
-    return ModelEnsemble(members, sizes, cfg.image_size), cfg

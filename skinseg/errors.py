@@ -1,9 +1,67 @@
-"""Errors that the command line reports as a message (no traceback); kept free of heavy imports."""
+"""User errors: one base class that the command line prints as one line (no traceback), exit code 2.
+
+Every error a user can cause — bad data, a bad config, an unusable checkpoint, a missing GPU, a full disk —
+is a :class:`SkinsegError` whose message names the file or key and says what to do. Anything else reaching the
+command line is a bug and keeps its traceback. Kept free of heavy imports.
+"""
 
 
-class CheckpointError(RuntimeError):
+class SkinsegError(Exception):
+    """Base of every user error; the message names the file or key and what to do."""
+
+
+class ConfigError(SkinsegError, ValueError):
+    """A bad key or value in a config; the message names it and the valid choices."""
+
+
+class DataError(SkinsegError, ValueError):
+    """Bad input data: the message names the file and what to do."""
+
+
+class CheckpointError(SkinsegError, RuntimeError):
     """A checkpoint that is missing, corrupt, or does not fit the model it is loaded into."""
 
 
-class TrainingError(RuntimeError):
-    """Training cannot go on (non-finite loss, out of memory); the message says what to try."""
+class TrainingError(SkinsegError, RuntimeError):
+    """Training cannot go on (non-finite loss or outputs, out of memory); the message says what to try."""
+
+
+class EnvironmentProblem(SkinsegError, RuntimeError):
+    """The machine cannot do what was asked: no GPU for ``device: cuda``, fp16 on a CPU, a read-only folder,
+    a full disk."""
+
+
+class DiskFullError(EnvironmentProblem, OSError):
+    """Not enough free space to write a file; the message says how much is needed and where."""
+
+
+def space_message(folder, needed: int | None = None) -> str:
+    """'N MB free in DIR' (and how much is needed), for disk-full messages."""
+    import shutil
+
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return f"in {folder}"
+    need = f", {needed / 2**20:.0f} MB needed" if needed else ""
+    return f"{free / 2**20:.0f} MB free in {folder}{need}"
+
+
+def ensure_writable(folder, what: str, hint: str = "") -> None:
+    """Create ``folder`` if needed and prove it writable with a probe file; EnvironmentProblem otherwise.
+
+    A probe rather than ``os.access``: root passes ``os.access`` on a read-only mount.
+    """
+    import os
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".skinseg-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise EnvironmentProblem(f"{what} {folder} is not writable ({reason}){'; ' + hint if hint else ''}") from None

@@ -8,41 +8,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from skinseg.config import Config, ConfigError
+from skinseg.checkpoint import (ensemble_from_state, ensemble_state, load_for_inference, load_members,
+                               ready_for_inference, save_checkpoint)
+from skinseg.data.augment import eval_transform
 from skinseg.data.cache import build_cache
 from skinseg.data.dataset import ISICDataset, make_loader
-from skinseg.data.augment import eval_transform
-from skinseg.data.isic import ATTRIBUTES, DataError, Split, get_split, list_image_ids
-from skinseg.ensemble import KIND, ensemble_config, ensemble_from_state, is_ensemble, member_config
-from skinseg.errors import CheckpointError
-from skinseg.inference import EvalResult, evaluate, write_submission
+from skinseg.data.isic import ATTRIBUTES, get_split, image_split
+from skinseg.ensemble import ensemble_config
+from skinseg.errors import DataError
+from skinseg.inference import EvalResult, check_submission_folder, evaluate_model, write_submission
 from skinseg.metrics import Scores
-from skinseg.models import model_from_config
-from skinseg.train.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
-from skinseg.train.distributed import pick_amp, pick_device
-
-
-def load_for_inference(checkpoint: str | Path, device: str = "auto"):
-    """(model in eval mode, config, checkpoint state, device, amp dtype) from a checkpoint or ensemble file."""
-    state = load_checkpoint(checkpoint)
-    if is_ensemble(state):
-        model, cfg = ensemble_from_state(state, str(checkpoint))
-    else:
-        cfg = member_config(state["config"], str(checkpoint))
-        model = model_from_config(cfg)
-        load_model_weights(model, state, checkpoint)
-    model, dev, amp_dtype = _ready(model, cfg, device)
-    return model, cfg, state, dev, amp_dtype
-
-
-def _ready(model: torch.nn.Module, cfg: Config, device: str):
-    """The model on its device in eval mode (channels_last when configured), the device and the amp dtype."""
-    dev = pick_device(device)
-    model = model.to(dev).eval()
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    amp_dtype, _ = pick_amp(cfg.amp, dev)
-    return model, dev, amp_dtype
 
 
 def evaluate_checkpoint(checkpoint, data_root, split: str = "val", tta: str | None = None, tuned: bool = True,
@@ -55,21 +30,22 @@ def evaluate_checkpoint(checkpoint, data_root, split: str = "val", tta: str | No
         raise DataError(f"split {split!r} below {data_root} has no ground truth; use `skinseg predict` instead")
     thresholds = state["thresholds"] if tuned else [0.5] * cfg.classes
     gates = state["gates"] if tuned and cfg.aux_head else None
-    return evaluate(model, loader, dev, thresholds, gates, tta=tta or cfg.tta, amp_dtype=amp_dtype,
-                    channels_last=cfg.channels_last, per_image=per_image, reduce=False)
+    return evaluate_model(model, loader, dev, thresholds, gates, tta=tta or cfg.tta, amp_dtype=amp_dtype,
+                          channels_last=cfg.channels_last, per_image=per_image, reduce=False)
 
 
 def predict_folder(checkpoint, images_dir, out_dir, tta: str | None = None, device: str = "auto",
                    num_workers: int = 0) -> int:
     """Write a challenge submission for every ``ISIC_<id>.jpg`` in ``images_dir``."""
-    model, cfg, state, dev, amp_dtype = load_for_inference(checkpoint, device)
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise DataError(f"image folder {images_dir} does not exist")
-    ids = list_image_ids(images_dir)
-    if not ids:
+    check_submission_folder(out_dir)  # before any work
+    model, cfg, state, dev, amp_dtype = load_for_inference(checkpoint, device)
+    split = image_split("predict", images_dir)
+    if not split.ids:
         raise DataError(f"no ISIC_<7 digits>.jpg images in {images_dir}")
-    cache = build_cache(Split("predict", images_dir, None, ids), cfg.image_size, cfg.resize_mode)
+    cache = build_cache(split, cfg.image_size, cfg.resize_mode)
     loader = make_loader(cfg.replace(num_workers=num_workers), "test", train=False,
                          dataset=ISICDataset(cache, eval_transform(cfg)))
     gates = state["gates"] if cfg.aux_head else None
@@ -82,20 +58,12 @@ def build_ensemble(checkpoints: list[str | Path], data_root: str | Path, out: st
     """Combine checkpoints into an ensemble file, its per-attribute thresholds tuned on ``tune_split`` with the
     official score. Returns a summary: the ensemble file, tuned thresholds, and the scores on the tune split.
     """
-    if len(checkpoints) < 2:
-        raise ConfigError("an ensemble needs at least two checkpoints")
-    states = [load_checkpoint(p) for p in checkpoints]
-    for p, s in zip(checkpoints, states):
-        if is_ensemble(s):
-            raise CheckpointError(f"{p} is itself an ensemble; list its member checkpoints instead")
-    configs = [member_config(s["config"], str(p)) for p, s in zip(checkpoints, states)]
+    states, configs = load_members(checkpoints)
     cfg = ensemble_config(configs, tune_split).replace(tta=tta)
-    state = {"kind": KIND, "config": cfg.to_dict(),
-             "members": [{"source": str(p), "config": s["config"], "model": s["model"]}
-                         for p, s in zip(checkpoints, states)]}
-    model, dev, amp_dtype = _ready(ensemble_from_state(state, str(out))[0], cfg, device)
+    state = ensemble_state(checkpoints, states, cfg)
+    model, dev, amp_dtype = ready_for_inference(ensemble_from_state(state, str(out))[0], cfg, device)
     loader = make_loader(cfg.replace(data_root=str(data_root), num_workers=num_workers), tune_split, train=False)
-    result = evaluate(model, loader, dev, tta=tta, amp_dtype=amp_dtype, channels_last=cfg.channels_last)
+    result = evaluate_model(model, loader, dev, tta=tta, amp_dtype=amp_dtype, channels_last=cfg.channels_last)
     thresholds, _, score = result.sweep.tune()
     state.update(thresholds=thresholds, gates=[0.0] * cfg.classes,
                  best={"score": score, "split": tune_split, "score_at_0.5": result.scores.overall})
@@ -115,6 +83,11 @@ def score_submission(pred_dir: str | Path, data_root: str | Path, split: str = "
     if not truth.has_masks:
         raise DataError(f"split {split!r} below {data_root} has no ground truth to score against")
     pred_dir = Path(pred_dir)
+    if not pred_dir.is_dir():
+        raise DataError(f"submission folder {pred_dir} does not exist")
+    if pred_dir.resolve() == truth.mask_dir.resolve():
+        raise DataError(f"{pred_dir} is the ground-truth folder of split {split!r} itself; pass the folder that "
+                        "`skinseg predict` wrote")
     acc = OfficialScore()
     for image_id in truth.ids:
         hw = _png_hw(truth.mask_path(image_id, ATTRIBUTES[0]))
@@ -124,7 +97,7 @@ def score_submission(pred_dir: str | Path, data_root: str | Path, split: str = "
             path = pred_dir / mask_name(image_id, a)
             if not path.exists():
                 raise DataError(f"submission {pred_dir} lacks {path.name}")
-            p.append(read_mask(path, hw)[0])
+            p.append(read_mask(path, hw, what="submission mask")[0])
         acc.update(torch.from_numpy(np.stack(p)), torch.from_numpy(np.stack(t)))
     return acc.compute()
 

@@ -1,9 +1,13 @@
-"""From logits to decisions: flip TTA, per-attribute thresholds, presence gating; evaluation with the
-official metric at the ground truth's resolution; challenge submissions at each image's original size.
+"""From logits to decisions: flip TTA, per-attribute thresholds, presence gating; evaluation of a model on a
+loader with the official metric at the ground truth's resolution; challenge submissions at each image's
+original size.
+
+One prediction loop, :func:`predict_batches` (batch -> device -> channels_last -> probabilities, checked finite),
+feeds :func:`evaluate_model`, :func:`write_submission` and :func:`skinseg.predictions.collect_predictions`;
+:func:`at_original_size` maps a batch back to each image's original size.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -17,17 +21,23 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from skinseg.data.cache import SplitCache, read_mask
-from skinseg.data.isic import ATTRIBUTES, MASK_RE, DataError, Split, mask_name
+from skinseg.data.isic import ATTRIBUTES, SPLIT_FOLDERS, Split, mask_name
+from skinseg.errors import DataError, DiskFullError, SkinsegError, ensure_writable, space_message
 from skinseg.metrics import OfficialScore, Scores, ThresholdSweep
+from skinseg.runtime import autocast
 
 TTA_FLIPS = {"none": [()], "hflip": [(), (3,)], "hvflip": [(), (3,), (2,), (2, 3)]}
 GATE_CUTOFFS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+SUBMISSION_MARKER = ".skinseg-submission"
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+class NonFiniteOutputError(SkinsegError, RuntimeError):
+    """The model produced NaN or infinite outputs (its weights diverged)."""
+
+    def __init__(self, ids: list[str]):
+        self.ids = ids
+        super().__init__(f"the model's outputs are NaN or infinite (images {', '.join(ids[:4])}); its weights have "
+                         "diverged. Train again with a lower lr, grad_clip: 1.0, warmup_epochs, or amp: off")
 
 
 def split_output(output) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -69,10 +79,59 @@ def decide(probs: torch.Tensor, thresholds, presence: torch.Tensor | None = None
     return masks
 
 
+@dataclass
+class PredictedBatch:
+    """One batch through the model: the batch, its probabilities (and presence), and its targets on the device."""
+
+    batch: dict
+    probs: torch.Tensor
+    presence: torch.Tensor | None
+    target: torch.Tensor | None
+    loss: float | None = None
+
+
+@torch.no_grad()
+def predict_batches(model: torch.nn.Module, loader, device: torch.device, tta: str = "none",
+                    amp_dtype: torch.dtype | None = None, channels_last: bool = False, loss_fn=None,
+                    progress: bool = False, desc: str = "predicting"):
+    """The one prediction loop: yields a :class:`PredictedBatch` per batch of ``loader``.
+
+    Raises NonFiniteOutputError when the model's outputs are NaN or infinite.
+    """
+    model.eval()
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
+        x = batch["image"].to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        target = batch["mask"].to(device, non_blocking=True) if "mask" in batch else None
+        out, loss = None, None
+        if loss_fn is not None and target is not None:
+            with autocast(device, amp_dtype):
+                out = model(x)
+            loss = float(loss_fn(out, target))
+        probs, presence = predict_probs(model, x, tta, amp_dtype, output=out)
+        bad = ~torch.isfinite(probs.flatten(1)).all(1)
+        if presence is not None:
+            bad |= ~torch.isfinite(presence).all(1)
+        if bad.any():
+            raise NonFiniteOutputError([batch["id"][k] for k in bad.nonzero().flatten().tolist()])
+        yield PredictedBatch(batch, probs, presence, target, loss)
+
+
+def at_original_size(cache: SplitCache, pb: PredictedBatch):
+    """Yield (k, index, image id, probabilities 1 x C x H x W, presence 1 x C or None) per image of a batch,
+    mapped back to the image's original size."""
+    for k, index in enumerate(pb.batch["index"].tolist()):
+        hw = tuple(int(v) for v in cache.original_hw[index])
+        p = to_original(pb.probs[k], hw, tuple(int(v) for v in cache.boxes[index]))[None]
+        pres = None if pb.presence is None else pb.presence[k : k + 1]
+        yield k, index, cache.ids[index], p, pres
+
+
 def source_split(cache: SplitCache) -> Split:
     meta = json.loads((cache.path / "meta.json").read_text())
     mask_dir = Path(meta["mask_dir"]) if meta["mask_dir"] else None
-    return Split(cache.split, Path(meta["image_dir"]), mask_dir, tuple(cache.ids))
+    return Split(cache.split, Path(meta["image_dir"]), mask_dir, tuple(cache.ids), meta.get("image_names", {}))
 
 
 class OriginalMasks:
@@ -122,13 +181,14 @@ class EvalResult:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader, device: torch.device, thresholds=None, gates=None,
-             tta: str = "none", amp_dtype: torch.dtype | None = None, loss_fn=None, channels_last: bool = False,
-             originals: OriginalMasks | None = None, gate_cutoffs=GATE_CUTOFFS, progress: bool = False,
-             per_image: bool = False, reduce: bool = True) -> EvalResult:
+def evaluate_model(model: torch.nn.Module, loader, device: torch.device, thresholds=None, gates=None,
+                   tta: str = "none", amp_dtype: torch.dtype | None = None, loss_fn=None, channels_last: bool = False,
+                   originals: OriginalMasks | None = None, gate_cutoffs=GATE_CUTOFFS, progress: bool = False,
+                   per_image: bool = False, reduce: bool = True) -> EvalResult:
     """Score a model on a loader with the official metric (streaming, on ``device``).
 
     Probabilities are compared with the truth at its original resolution when the cache geometry differs.
+    (:func:`skinseg.evaluation.evaluate_checkpoint` does the same for a checkpoint file and a data root.)
     """
     cache: SplitCache = loader.dataset.cache
     classes = len(ATTRIBUTES)
@@ -138,38 +198,25 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device, thresholds=No
     at_original = needs_original(cache)
     if at_original and originals is None:
         originals = OriginalMasks(cache)
-    model.eval()
     loss_sum, loss_n, rows = 0.0, 0, []
-    for batch in tqdm(loader, desc="evaluating", leave=False, disable=not progress):
-        x = batch["image"].to(device, non_blocking=True)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        target = batch["mask"].to(device, non_blocking=True)
-        out = None
-        if loss_fn is not None:
-            with autocast(device, amp_dtype):
-                out = model(x)
-            loss_sum += float(loss_fn(out, target)) * len(x)
-            loss_n += len(x)
-        probs, presence = predict_probs(model, x, tta, amp_dtype, output=out)
+    for pb in predict_batches(model, loader, device, tta, amp_dtype, channels_last, loss_fn, progress, "evaluating"):
+        if pb.loss is not None:
+            loss_sum += pb.loss * len(pb.probs)
+            loss_n += len(pb.probs)
         if not at_original:
-            _accumulate(score, sweep, probs, target, presence, thresholds, gates)
+            _accumulate(score, sweep, pb.probs, pb.target, pb.presence, thresholds, gates)
             if per_image:
-                rows += _per_image(batch, probs, target, presence, thresholds, gates)
+                rows += _per_image(pb.batch, pb.probs, pb.target, pb.presence, thresholds, gates)
             continue
-        for k, index in enumerate(batch["index"].tolist()):
-            hw = tuple(int(v) for v in cache.original_hw[index])
-            p = to_original(probs[k], hw, tuple(int(v) for v in cache.boxes[index]))[None]
+        for _, index, image_id, p, pres in at_original_size(cache, pb):
             t = originals.get(index).to(device)[None]
-            pres = None if presence is None else presence[k : k + 1]
             _accumulate(score, sweep, p, t, pres, thresholds, gates)
             if per_image:
-                rows += _per_image({"id": [batch["id"][k]], "index": [index]}, p, t, pres, thresholds, gates)
+                rows += _per_image({"id": [image_id], "index": [index]}, p, t, pres, thresholds, gates)
     if reduce:
         score.all_reduce()
         sweep.all_reduce()
-    return EvalResult(score.compute(), sweep, loss_sum / max(loss_n, 1) if loss_fn is not None else float("nan"),
-                      rows)
+    return EvalResult(score.compute(), sweep, loss_sum / max(loss_n, 1) if loss_n else float("nan"), rows)
 
 
 def _accumulate(score, sweep, probs, target, presence, thresholds, gates) -> None:
@@ -192,47 +239,62 @@ def _per_image(batch, probs, target, presence, thresholds, gates) -> list[dict]:
     return rows
 
 
+def check_submission_folder(out_dir: str | Path) -> Path:
+    """Refuse an output folder that ``write_submission`` must not replace; returns it resolved.
+
+    A submission folder is replaced only when skinseg made it (it holds the marker file ``.skinseg-submission``)
+    or it is empty. Any folder of a split's ground truth (or below one) is refused outright.
+    """
+    out_dir = Path(out_dir).expanduser().resolve()
+    truth_names = {gt for _, gt in SPLIT_FOLDERS.values()}
+    for part in (out_dir, *out_dir.parents):
+        if part.name in truth_names:
+            raise DataError(f"{out_dir} is {'inside ' if part != out_dir else ''}the ground-truth folder {part}; "
+                            "a submission must go to a folder of its own (e.g. reports/submission)")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"{out_dir} exists and is not a folder; choose a new or empty folder for the submission")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / SUBMISSION_MARKER).exists():
+        raise DataError(f"{out_dir} is not empty and was not written by `skinseg predict`; choose a new or empty "
+                        "folder (a folder that skinseg wrote a submission into is replaced)")
+    return out_dir
+
+
 @torch.no_grad()
 def write_submission(model: torch.nn.Module, loader, out_dir: str | Path, device: torch.device, thresholds,
                      gates=None, tta: str = "none", amp_dtype: torch.dtype | None = None,
                      channels_last: bool = False, progress: bool = True) -> int:
     """Write ``ISIC_<id>_attribute_<name>.png`` (L mode, 0/255, original size) for every image and attribute.
 
-    Files go to a temporary sibling folder first and replace ``out_dir`` only when all are written.
-    Returns the number of files written.
+    Files go to a temporary sibling folder first and replace ``out_dir`` only when all are written (see
+    :func:`check_submission_folder` for which folders may be replaced). Returns the number of files written.
     """
-    out_dir = Path(out_dir)
-    if out_dir.exists():
-        foreign = [p.name for p in out_dir.iterdir() if not MASK_RE.match(p.name)]
-        if foreign:
-            raise DataError(
-                f"{out_dir} holds files that are not submission masks ({', '.join(sorted(foreign)[:3])}, ...); "
-                "choose an empty or new folder (a previous submission there is replaced)"
-            )
+    out_dir = check_submission_folder(out_dir)
     cache: SplitCache = loader.dataset.cache
+    ensure_writable(out_dir.parent, "submission parent folder", "choose another --out")
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     written = 0
-    model.eval()
     try:
-        for batch in tqdm(loader, desc="predicting", disable=not progress):
-            x = batch["image"].to(device)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            probs, presence = predict_probs(model, x, tta, amp_dtype)
-            for k, index in enumerate(batch["index"].tolist()):
-                hw = tuple(int(v) for v in cache.original_hw[index])
-                p = to_original(probs[k], hw, tuple(int(v) for v in cache.boxes[index]))[None]
-                pres = None if presence is None else presence[k : k + 1]
+        tmp.mkdir(parents=True)
+        (tmp / SUBMISSION_MARKER).write_text("written by skinseg predict; this folder may be replaced by it\n")
+        for pb in predict_batches(model, loader, device, tta, amp_dtype, channels_last, progress=progress):
+            for _, _, image_id, p, pres in at_original_size(cache, pb):
                 masks = decide(p, thresholds, pres, gates)[0].cpu().numpy()
                 for c, attribute in enumerate(ATTRIBUTES):
-                    Image.fromarray(masks[c].astype(np.uint8) * 255, mode="L").save(
-                        tmp / mask_name(cache.ids[index], attribute))
+                    Image.fromarray(masks[c].astype(np.uint8) * 255, mode="L").save(tmp / mask_name(image_id, attribute))
                     written += 1
         if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except OSError as e:
+        if e.errno in (28, 122):
+            raise DiskFullError(f"disk full while writing the submission ({space_message(out_dir.parent)}); "
+                                f"{out_dir} was left as it was") from None
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return written

@@ -89,7 +89,7 @@ class OfficialScore:
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         """Add a batch: ``pred`` binary decisions (bool or 0/1), ``target`` 0/1 masks; both B x C x H x W.
 
-        Images of different sizes are added one call each (or with :meth:`update_image`).
+        Images of different sizes are added one call each.
         """
         if pred.shape != target.shape:
             raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
@@ -106,12 +106,6 @@ class OfficialScore:
             self.counts = self.counts.to(batch.device)
         self.counts += batch
         self.images += p.shape[0]
-
-    update_image = update
-
-    def merge(self, other: "OfficialScore") -> None:
-        self.counts = self.counts + other.counts.to(self.counts.device)
-        self.images += other.images
 
     def all_reduce(self) -> None:
         """Sum the counts across DDP ranks (no-op without an initialized process group)."""

@@ -10,7 +10,6 @@ NOTEBOOKS_DIR = PROJ_ROOT / "notebooks"
 PARAMS_DIR = PROJ_ROOT / "params"
 REPORTS_DIR = PROJ_ROOT / "reports"
 IMAGES_DIR = PROJ_ROOT / "images"
-RUNS_DIR = PROJ_ROOT / "runs"
 DATA_DIR = PROJ_ROOT / "data"
 SYNTH_DIR = DATA_DIR / "synthetic"
 

@@ -1,57 +1,251 @@
-"""Reading run folders: metrics.csv as tables, the best epoch, the newest run."""
+"""The run folder, one module that writes it and reads it back.
+
+A run folder ``<output_dir>/<time>_<model>_<name>/`` holds
+
+- ``config.yaml``: the run's config,
+- ``metrics.csv``: one row per optimizer step (``kind=step``) and per epoch (``kind=epoch``),
+- ``last.pt`` (every epoch) and ``best.pt`` (each time the validation score improves),
+- ``done.json``: the end marker, written when training ends — all epochs run or stopped early — naming why.
+
+Nothing else names these files: the trainer, sweeps, the report and the notebooks ask this module.
+"""
 from __future__ import annotations
 
+import csv
+import json
+import os
+import time
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
+import yaml
 
 from skinseg.data.isic import ATTRIBUTES
+from skinseg.errors import ensure_writable
 from skinseg.paths import resolve
 
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.csv"
+BEST_CHECKPOINT = "best.pt"
+LAST_CHECKPOINT = "last.pt"
+END_MARKER = "done.json"
+CSV_COLUMNS = (
+    ["kind", "epoch", "step", "time", "loss", "lr", "train_loss", "val_loss", "epoch_seconds", "images_per_s"]
+    + [f"val_jaccard_{a}" for a in ATTRIBUTES] + [f"val_dice_{a}" for a in ATTRIBUTES]
+    + ["val_jaccard", "val_dice", "val_macro_jaccard", "val_tuned_jaccard"]
+)
 
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write a small text file so that a kill leaves either the old file or the new one, never half of it."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class RunFolder:
+    """One run folder: its files, its metrics log and its end marker."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    # ---- the files -----------------------------------------------------------------------
+    @property
+    def config_file(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / METRICS_FILE
+
+    @property
+    def best(self) -> Path:
+        return self.path / BEST_CHECKPOINT
+
+    @property
+    def last(self) -> Path:
+        return self.path / LAST_CHECKPOINT
+
+    @property
+    def end_marker(self) -> Path:
+        return self.path / END_MARKER
+
+    # ---- writing ---------------------------------------------------------------------------
+    @staticmethod
+    def new_path(output_dir: str | Path, model: str, name: str) -> Path:
+        """The folder name a new run would get (the time first, so that names sort by age)."""
+        root = resolve(output_dir)
+        return root / f"{datetime.now():%Y%m%d-%H%M%S}_{model}_{name}"
+
+    @classmethod
+    def create(cls, path: Path, config_yaml: str) -> "RunFolder":
+        """Make a new run folder at ``path`` (or ``path-2``, ``-3`` ... when taken) with its config and an empty log."""
+        ensure_writable(path.parent, "output_dir", "choose a writable output_dir (config key or --set output_dir=DIR)")
+        suffix, run = 1, path
+        while True:
+            try:
+                run.mkdir(parents=True)
+                break
+            except FileExistsError:  # another training started in the same second
+                suffix += 1
+                run = Path(f"{path}-{suffix}")
+        folder = cls(run)
+        write_atomic(folder.config_file, config_yaml)
+        with open(folder.metrics_file, "w", newline="") as f:
+            csv.DictWriter(f, CSV_COLUMNS).writeheader()
+        return folder
+
+    def log(self, row: dict[str, Any]) -> None:
+        row = {"time": f"{time.time():.3f}", **row}
+        with open(self.metrics_file, "a", newline="") as f:
+            csv.DictWriter(f, CSV_COLUMNS, extrasaction="ignore").writerow(row)
+
+    def truncate_metrics(self, step: int, epoch: int) -> None:
+        """Drop rows past a checkpoint's step and epoch, so a resumed run does not log an epoch twice."""
+        if not self.metrics_file.exists():
+            return
+        with open(self.metrics_file, newline="") as f:
+            rows = [r for r in csv.DictReader(f)
+                    if (r["kind"] == "step" and int(r["step"]) <= step)
+                    or (r["kind"] == "epoch" and int(r["epoch"]) <= epoch)]
+        tmp = self.path / f".{METRICS_FILE}.tmp-{os.getpid()}"
+        try:
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, CSV_COLUMNS)
+                writer.writeheader()
+                writer.writerows(rows)
+            os.replace(tmp, self.metrics_file)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def mark_done(self, reason: str, epochs_run: int, best_epoch: int, best_score: float) -> None:
+        """Write the end marker: training is over (``reason``: completed or early_stop)."""
+        write_atomic(self.end_marker, json.dumps({"reason": reason, "epochs_run": epochs_run,
+                                                  "best_epoch": best_epoch, "best_score": best_score}))
+
+    def clear_done(self) -> None:
+        """A resumed run is running again: it is not done until it ends."""
+        self.end_marker.unlink(missing_ok=True)
+
+    def remove_stale_temp_files(self) -> list[Path]:
+        """Delete ``.<file>.tmp-<pid>`` leftovers of processes that no longer run (a kill during a write)."""
+        removed = []
+        for p in self.path.glob(".*.tmp-*"):
+            pid = p.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+                p.unlink(missing_ok=True)
+                removed.append(p)
+        return removed
+
+    # ---- reading ---------------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        return yaml.safe_load(self.config_file.read_text())
+
+    def metrics(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(per-step rows, per-epoch rows) of metrics.csv."""
+        df = pd.read_csv(self.metrics_file)
+        steps = df[df["kind"] == "step"].dropna(axis=1, how="all").reset_index(drop=True)
+        epochs = df[df["kind"] == "epoch"].dropna(axis=1, how="all").reset_index(drop=True)
+        return steps, epochs
+
+    def end(self) -> dict[str, Any] | None:
+        """The end marker's content, or None while the run has not ended (or was killed)."""
+        try:
+            return json.loads(self.end_marker.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def is_complete(self) -> bool:
+        """Training ended (all epochs, or an early stop) and left a best checkpoint.
+
+        Runs from before the end marker existed count as complete when all their epochs are logged.
+        """
+        if not self.best.exists() or not self.metrics_file.exists() or not self.config_file.exists():
+            return False
+        if self.end() is not None:
+            return True
+        _, epochs = self.metrics()
+        return len(epochs) >= self.config()["epochs"]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ---- module-level readers (what notebooks and sweeps call) -----------------------------------
 def read_metrics(run_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(per-step rows, per-epoch rows) of a run's metrics.csv."""
-    df = pd.read_csv(Path(run_dir) / "metrics.csv")
-    steps = df[df["kind"] == "step"].dropna(axis=1, how="all").reset_index(drop=True)
-    epochs = df[df["kind"] == "epoch"].dropna(axis=1, how="all").reset_index(drop=True)
-    return steps, epochs
+    return RunFolder(run_dir).metrics()
 
 
 def is_complete(run_dir: str | Path) -> bool:
-    """A run is complete when its config's epochs are all logged, or it stopped early with a best.pt."""
-    import yaml
+    return RunFolder(run_dir).is_complete()
 
-    run_dir = Path(run_dir)
-    if not (run_dir / "best.pt").exists() or not (run_dir / "metrics.csv").exists():
-        return False
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-    _, epochs = read_metrics(run_dir)
-    if len(epochs) >= cfg["epochs"]:
-        return True
-    return (run_dir / "done").exists()
+
+def read_config(run_dir: str | Path) -> dict[str, Any]:
+    return RunFolder(run_dir).config()
+
+
+def best_checkpoint(run_dir: str | Path) -> Path:
+    """The best checkpoint of a run folder."""
+    return RunFolder(run_dir).best
+
+
+def last_checkpoint(run_dir: str | Path) -> Path:
+    return RunFolder(run_dir).last
+
+
+def find_runs(output_dir: str | Path, with_checkpoint: bool = True) -> list[Path]:
+    """Every run folder below ``output_dir`` (any depth), optionally only those with a best checkpoint."""
+    root = resolve(output_dir)
+    if root is None or not root.exists():
+        return []
+    runs = [p.parent for p in root.rglob(METRICS_FILE) if (p.parent / CONFIG_FILE).exists()]
+    return sorted(r for r in runs if not with_checkpoint or RunFolder(r).best.exists())
 
 
 def latest_run(output_dir: str | Path = "runs", with_checkpoint: bool = True) -> Path:
     """The newest run folder below ``output_dir`` (by name, which starts with the time)."""
-    root = resolve(output_dir)
-    runs = sorted(p for p in root.rglob("metrics.csv")) if root and root.exists() else []
-    runs = [p.parent for p in runs if not with_checkpoint or (p.parent / "best.pt").exists()]
+    runs = find_runs(output_dir, with_checkpoint)
     if not runs:
-        raise FileNotFoundError(f"no run folders with a best.pt below {root}; train one first (03_train)")
+        raise FileNotFoundError(f"no run folders with a {BEST_CHECKPOINT} below {resolve(output_dir)}; "
+                                "train one first (03_train or `skinseg train`)")
     return max(runs, key=lambda p: (p.name, p.stat().st_mtime))
 
 
 def run_summary(run_dir: str | Path) -> dict:
     """Best validation scores of a run (by tuned overall Jaccard when tuned, else at 0.5) and time per epoch."""
-    import yaml
-
-    run_dir = Path(run_dir)
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-    _, epochs = read_metrics(run_dir)
+    folder = RunFolder(run_dir)
+    cfg = folder.config()
+    _, epochs = folder.metrics()
     key = "val_tuned_jaccard" if cfg.get("tune_thresholds", True) and "val_tuned_jaccard" in epochs else "val_jaccard"
     best = epochs.loc[epochs[key].idxmax()]
-    row = {"run": run_dir.name, "model": cfg["model"], "epochs": len(epochs), "best_epoch": int(best["epoch"]),
+    end = folder.end()
+    row = {"run": folder.path.name, "model": cfg["model"], "epochs": len(epochs), "best_epoch": int(best["epoch"]),
            "best_val_jaccard": float(best[key]), "val_jaccard@0.5": float(best["val_jaccard"]),
-           "seconds_per_epoch": float(epochs["epoch_seconds"].mean())}
+           "seconds_per_epoch": float(epochs["epoch_seconds"].mean()),
+           "ended": end["reason"] if end else "unfinished"}
     row.update({a: float(best[f"val_jaccard_{a}"]) for a in ATTRIBUTES})
     return row
+
+
+__all__ = ["BEST_CHECKPOINT", "CONFIG_FILE", "CSV_COLUMNS", "END_MARKER", "LAST_CHECKPOINT",
+           "METRICS_FILE", "RunFolder", "best_checkpoint", "find_runs", "is_complete", "last_checkpoint",
+           "latest_run", "read_config", "read_metrics", "run_summary", "write_atomic"]

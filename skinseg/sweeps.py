@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 from tqdm.auto import tqdm
 
-from skinseg.config import Config, ConfigError
+from skinseg.config import Config, read_params
+from skinseg.errors import ConfigError
 from skinseg.paths import NOTEBOOKS_DIR, PARAMS_DIR, REPORTS_DIR, resolve
-from skinseg.runs import is_complete, read_metrics, run_summary
+from skinseg.runs import RunFolder, read_metrics, run_summary
 
 IGNORED_WHEN_COMPARING = ("output_dir", "run_name", "load", "num_workers")
 
@@ -32,7 +32,7 @@ def load_params(path: str | Path | None) -> dict[str, Any]:
     if path is None:
         return {}
     path = resolve(path)
-    data = yaml.safe_load(path.read_text()) or {}
+    data = read_params(path)
     Config.from_dict(data, source=str(path))  # validates keys and values, naming the file
     return data
 
@@ -48,13 +48,14 @@ def find_done(run_root: Path, params: dict[str, Any]) -> Path | None:
     if not run_root.exists():
         return None
     wanted = {k: v for k, v in params.items() if k not in IGNORED_WHEN_COMPARING}
-    for run in sorted(run_root.iterdir(), reverse=True):
-        if not (run / "config.yaml").exists() or not is_complete(run):
+    for path in sorted(run_root.iterdir(), reverse=True):
+        run = RunFolder(path)
+        if not run.is_complete():
             continue
         # keys added to Config after the run was made take their defaults
-        have = {**Config().to_dict(), **yaml.safe_load((run / "config.yaml").read_text())}
+        have = {**Config().to_dict(), **run.config()}
         if {k: v for k, v in have.items() if k not in IGNORED_WHEN_COMPARING} == wanted:
-            return run
+            return path
     return None
 
 
@@ -93,7 +94,8 @@ def curves(runs_root: str | Path) -> dict[str, pd.DataFrame]:
     """Per-epoch metrics of the newest complete run of each config below a sweep's output folder."""
     out = {}
     for cfg_dir in sorted(Path(runs_root).iterdir()):
-        runs = [r for r in sorted((cfg_dir / "runs").glob("*")) if is_complete(r)] if (cfg_dir / "runs").exists() else []
+        found = sorted((cfg_dir / "runs").glob("*")) if (cfg_dir / "runs").exists() else []
+        runs = [r for r in found if RunFolder(r).is_complete()]
         if runs:
             out[cfg_dir.name] = read_metrics(runs[-1])[1]
     return out

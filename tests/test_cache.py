@@ -3,10 +3,11 @@ import os
 import warnings
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
-from skinseg.data.cache import SplitCache, build_cache, fingerprint, letterbox_box, to_original_size
+from skinseg.data.cache import SplitCache, build_cache, fingerprint, letterbox_box
 from skinseg.data.isic import ATTRIBUTES, DataError, get_split
 
 
@@ -50,7 +51,9 @@ def test_pad_mode_letterboxes_and_maps_back(tiny_root, cache_root):
     assert cache.boxes[0].tolist() == [4, 0, 24, 32]
     assert cache.images[0, :4].max() == 0 and cache.images[0, 28:].max() == 0
     probs = np.stack([cache.mask(0)[a].astype(np.float32) for a in range(5)])
-    back = to_original_size(probs, (48, 64), tuple(cache.boxes[0]))
+    from skinseg.inference import to_original
+
+    back = to_original(torch.from_numpy(probs), (48, 64), tuple(int(v) for v in cache.boxes[0])).numpy()
     assert back.shape == (5, 48, 64)
     truth = np.asarray(Image.open(split.mask_path(split.ids[0], ATTRIBUTES[0]))) > 127
     inter = ((back[0] > 0.5) & truth).sum() / ((back[0] > 0.5) | truth).sum()

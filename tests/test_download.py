@@ -40,7 +40,7 @@ def _official_zips() -> dict[str, bytes]:
     """Zips named and laid out as the official ones; val ground truth holds loose files, train input macOS junk."""
     zips = {}
     for split, ids in IDS.items():
-        (input_zip, _), (gt_zip, _) = ARCHIVES[split]
+        input_zip, gt_zip = ARCHIVES[split]
         img_folder, gt_folder = SPLIT_FOLDERS[split]
         images = {f"{img_folder}/{i}.jpg": _png("RGB", 100 + n) for n, i in enumerate(ids)}
         images |= {f"{img_folder}/LICENSE.txt": b"CC-BY-NC", f"{img_folder}/ATTRIBUTION.txt": b"ISIC"}
@@ -152,7 +152,7 @@ def test_download_extracts_into_the_layout_the_loader_reads(tmp_path, serve, off
     image_dir = splits["train"].image_dir
     assert (image_dir / "LICENSE.txt").read_bytes() == b"CC-BY-NC"
     assert not (root / "train" / "__MACOSX").exists() and not (image_dir / ".DS_Store").exists()
-    assert sorted(result["downloaded"]) == sorted(n for s in ("train", "val") for n, _ in ARCHIVES[s])
+    assert sorted(result["downloaded"]) == sorted(n for s in ("train", "val") for n in ARCHIVES[s])
     assert result["extracted"]["ISIC2018_Task2_Validation_GroundTruth.zip"] == str(splits["val"].mask_dir)
     assert result["skipped"] == {} and result["present"] == []
     assert not list(root.rglob("*.part")) and not list(root.rglob("*.tmp"))

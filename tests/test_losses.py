@@ -60,11 +60,12 @@ def test_per_attribute_weights_and_combination():
 
 
 def test_presence_head_bce_is_added():
-    cfg = Config(loss={"dice": 1.0}, aux_weight=0.5, classes=1)
+    cfg = Config(loss={"dice": 1.0}, aux_weight=0.5)
     loss = CombinedLoss.from_config(cfg)
-    presence = torch.tensor([[0.0]])  # p = .5 for an image where the attribute is present
-    expected = float(soft_dice_loss(LOGITS, TARGET)) + 0.5 * math.log(2)
-    assert float(loss((LOGITS, presence), TARGET)) == pytest.approx(expected)
+    logits, target = LOGITS.repeat(1, 5, 1, 1), TARGET.repeat(1, 5, 1, 1)
+    presence = torch.zeros(1, 5)  # p = .5 for an image where every attribute is present
+    expected = float(soft_dice_loss(logits, target)) + 0.5 * math.log(2)
+    assert float(loss((logits, presence), target)) == pytest.approx(expected)
 
 
 def test_losses_run_in_fp32_under_autocast():

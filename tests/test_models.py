@@ -12,8 +12,9 @@ import timm  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from skinseg.config import MODELS as CONFIG_MODELS  # noqa: E402
+from skinseg.choices import MODELS as CONFIG_MODELS  # noqa: E402
 from skinseg.config import Config  # noqa: E402
+from skinseg.errors import ConfigError  # noqa: E402
 from skinseg.models import (  # noqa: E402
     MODEL_NAMES,
     ConvNeXtUNet,
@@ -226,7 +227,7 @@ def test_pretrained_without_path_offline_fails_fast_and_says_what_to_do():
 
 
 def test_missing_pretrained_path_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="pretrained_path"):
+    with pytest.raises(ConfigError, match="pretrained_path"):
         create_model(CONVNEXT, encoder="convnext_atto", pretrained_path=str(tmp_path / "nope.pth"))
 
 
@@ -336,13 +337,13 @@ def test_registry_names_match_the_config_choices():
 
 def test_model_from_config_scratch_unet_ignores_encoder_options():
     cfg = Config(model="unet-attention", base_channels=8, bilinear=False, init="xavier", aux_head=True,
-                 encoder="resnet34", freeze_encoder=3, classes=3)
+                 encoder="resnet34", freeze_encoder=3)
     model = model_from_config(cfg)
     assert isinstance(model, UNet) and model.attention
     assert model.encoder.out_channels[0] == 8
     assert isinstance(model.decoder.blocks[0].up, nn.ConvTranspose2d)
     masks, presence = model(torch.randn(1, 3, 32, 32))
-    assert masks.shape == (1, 3, 32, 32) and presence.shape == (1, 3)
+    assert masks.shape == (1, 5, 32, 32) and presence.shape == (1, 5)
 
 
 def test_model_from_config_convnext_uses_encoder_options():

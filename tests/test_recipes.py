@@ -10,7 +10,7 @@ import yaml
 
 from skinseg.cli import main
 from skinseg.paths import PARAMS_DIR
-from skinseg.train.checkpoint import load_checkpoint
+from skinseg.checkpoint import load_checkpoint
 
 from conftest import write_split
 

@@ -11,7 +11,8 @@ from PIL import Image
 from skinseg.config import Config
 from skinseg.data.isic import ATTRIBUTES
 from skinseg.train import TrainingError, train
-from skinseg.train.checkpoint import CheckpointError, load_checkpoint
+from skinseg.checkpoint import load_checkpoint
+from skinseg.errors import CheckpointError
 
 from conftest import write_split
 
@@ -71,7 +72,7 @@ def test_overfits_one_small_batch(tmp_path, cache_root):
 def test_run_folder_contents(small_root, tmp_path, cache_root):
     summary = train(_cfg(small_root, tmp_path), progress=False)
     run = summary["run_dir"]
-    assert sorted(os.listdir(run)) == ["best.pt", "config.yaml", "last.pt", "metrics.csv"]
+    assert sorted(os.listdir(run)) == ["best.pt", "config.yaml", "done.json", "last.pt", "metrics.csv"]
     assert Config.from_yaml(os.path.join(run, "config.yaml")).base_channels == 8
     steps, epochs = _rows(run, "step"), _rows(run, "epoch")
     assert len(steps) == 6 and len(epochs) == 2  # 6 images, batch 2, drop_last -> 3 steps per epoch
@@ -189,7 +190,8 @@ def test_submission_files_are_named_sized_and_binary(small_root, tmp_path, cache
     assert main(["predict", "--checkpoint", os.path.join(run, "best.pt"), "--images", str(images),
                  "--out", str(out), "--tta", "hflip"]) == 0
     names = sorted(os.listdir(out))
-    assert names == sorted(f"ISIC_{i:07d}_attribute_{a}.png" for i in (100, 101) for a in ATTRIBUTES)
+    assert names[0] == ".skinseg-submission"  # the marker that lets a later predict replace this folder
+    assert names[1:] == sorted(f"ISIC_{i:07d}_attribute_{a}.png" for i in (100, 101) for a in ATTRIBUTES)
     # scored from the files, the submission gives what evaluate gives with the same thresholds and TTA
     from skinseg.evaluation import evaluate_checkpoint, score_submission
 

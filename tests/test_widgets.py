@@ -285,7 +285,7 @@ def train_tiny_checkpoint(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_collect_predictions_on_a_tiny_checkpoint_matches_evaluate(tmp_path, cache_root):
     from skinseg.evaluation import evaluate_checkpoint
-    from skinseg.train.checkpoint import load_checkpoint
+    from skinseg.checkpoint import load_checkpoint
 
     checkpoint, root = train_tiny_checkpoint(tmp_path)
     pset = collect_predictions(checkpoint, root, "val", device="cpu")

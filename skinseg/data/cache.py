@@ -1,25 +1,31 @@
 """Preprocessing cache: each split resized once into compact memory-mapped uint8 arrays.
 
 Decoding multi-megapixel JPEGs every epoch starves a GPU. A split is decoded and resized once into
-``<cache>/<split>-<size>-<mode>-<fingerprint>/`` holding
+``<cache>/<split>-<size>-<mode>-<source>-<fingerprint>/`` holding
 
 - ``images.npy``: N x S x S x 3 uint8
 - ``masks.npy``: N x 5 x S x S/8 uint8, bit-packed along the last axis (absent for splits without ground truth)
 - ``meta.json``: ids, original sizes, letterbox boxes, per-attribute presence and pixel fraction at original size.
 
-The fingerprint covers the source files (names, sizes, mtimes), the size and the resize mode, so any change
-rebuilds the cache. A build writes into a temporary folder and renames it when complete, so an interrupted
-build leaves nothing that a later run would mistake for a cache.
+``<source>`` is a hash of the split's folders, so caches of two data roots never share a name, and a build
+only ever replaces older caches of its own source. The fingerprint covers the source files (names, sizes,
+mtimes), the size and the resize mode, so any change rebuilds the cache. An open :class:`SplitCache` maps its
+arrays once, so it keeps reading even if its folder is replaced meanwhile.
+
+A build checks free space first, writes into a temporary folder with plain (not memory-mapped) writes, so a
+full disk is an error rather than a SIGBUS, and renames the folder when complete: an interrupted or failed
+build leaves nothing that a later run would mistake for a cache, and its leftovers are removed by the next.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -27,11 +33,13 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from skinseg.data.isic import ATTRIBUTES, DataError, Split, missing_masks
+from skinseg.choices import RESIZE_MODES
+from skinseg.data.isic import ATTRIBUTES, Split, missing_masks
+from skinseg.errors import DataError, DiskFullError, ensure_writable, space_message
 from skinseg.paths import cache_dir
 
-CACHE_VERSION = 1
-RESIZE_MODES = ("stretch", "pad")
+CACHE_VERSION = 2
+_SPARE_BYTES = 32 * 2**20
 
 
 # ---- decoding ---------------------------------------------------------------------------
@@ -56,28 +64,40 @@ def read_image(path: Path, draft_size: int | None = None) -> tuple[np.ndarray, t
         ) from None
 
 
-def read_mask(path: Path, expected_hw: tuple[int, int]) -> tuple[np.ndarray, int]:
-    """Decode one attribute mask as bool HxW; returns it and the count of pixels that were not 0 or 255."""
+def read_mask(path: Path, expected_hw: tuple[int, int], what: str = "mask") -> tuple[np.ndarray, int]:
+    """Decode one attribute mask as bool HxW; returns it and the count of pixels that were not 0 or 255.
+
+    A mask whose values are only 0 and 1 (saved as 0/1 instead of 0/255) is an error: read at > 127 it would
+    be empty, silently.
+    """
     try:
         with Image.open(path) as im:
             im.load()
             mode = im.mode
+            if mode == "P":
+                im = im.convert("L")
             arr = np.asarray(im)
     except FileNotFoundError:
-        raise DataError(f"mask {path} is missing") from None
+        raise DataError(f"{what} {path} is missing") from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"mask {path} is corrupt or truncated ({e}); re-extract it") from None
+        raise DataError(f"{what} {path} is corrupt or truncated ({e}); re-extract it") from None
     if mode not in ("L", "1", "P") or arr.ndim != 2:
         raise DataError(
-            f"mask {path} has mode {mode} (shape {arr.shape}); expected a single-channel 8-bit (L) PNG with "
+            f"{what} {path} has mode {mode} (shape {arr.shape}); expected a single-channel 8-bit (L) PNG with "
             "values 0/255 — convert it, e.g. Image.open(p).convert('L')"
         )
     if mode == "1":
         arr = arr.astype(np.uint8) * 255
     if arr.shape != expected_hw:
         raise DataError(
-            f"mask {path} is {arr.shape[1]}x{arr.shape[0]} but its image is {expected_hw[1]}x{expected_hw[0]} "
+            f"{what} {path} is {arr.shape[1]}x{arr.shape[0]} but its image is {expected_hw[1]}x{expected_hw[0]} "
             "(width x height); masks must have their image's size"
+        )
+    top = int(arr.max()) if arr.size else 0
+    if top == 1:
+        raise DataError(
+            f"{what} {path} holds only the values 0 and 1: ISIC masks are 0/255, and read as such this one would be "
+            "empty. Save it as 0/255 (e.g. Image.fromarray(mask.astype('uint8') * 255))"
         )
     odd = int(np.count_nonzero((arr != 0) & (arr != 255)))
     return arr > 127, odd
@@ -109,18 +129,13 @@ def resize_to_cache(arr: np.ndarray, size: int, mode: str, is_mask: bool = False
     return resized > 127 if is_mask else resized
 
 
-def to_original_size(maps: np.ndarray, original_hw: tuple[int, int], box: tuple[int, int, int, int]) -> np.ndarray:
-    """Map C x S x S float maps (e.g. probabilities) from cache geometry back to C x H x W of the original image."""
-    top, left, h, w = box
-    height, width = original_hw
-    content = maps[:, top : top + h, left : left + w]
-    if content.shape[1:] == (height, width):
-        return content
-    out = cv2.resize(np.ascontiguousarray(content.transpose(1, 2, 0)), (width, height), interpolation=cv2.INTER_LINEAR)
-    return out.reshape(height, width, -1).transpose(2, 0, 1)
-
-
 # ---- fingerprint ------------------------------------------------------------------------
+def source_key(split: Split) -> str:
+    """Short hash of the split's folders: caches of different data roots never share a folder name."""
+    mask_dir = split.mask_dir.resolve() if split.mask_dir else None
+    return hashlib.sha1(f"{split.image_dir.resolve()}|{mask_dir}".encode()).hexdigest()[:8]
+
+
 def fingerprint(split: Split, size: int, mode: str) -> str:
     """Hash of the source files (name, size, mtime), the cache size and resize mode, and the cache version."""
     h = hashlib.sha1()
@@ -148,18 +163,34 @@ class SplitCache:
     fraction: np.ndarray | None  # N x 5 float, mask pixel fraction at original resolution
     size: int
     resize_mode: str
+    _arrays: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def has_masks(self) -> bool:
-        return (self.path / "masks.npy").exists()
+        return self.present is not None
+
+    def _array(self, name: str) -> np.ndarray:
+        # mapped once and kept: the mapping outlives a later replacement of the folder
+        if name not in self._arrays:
+            try:
+                self._arrays[name] = np.load(self.path / f"{name}.npy", mmap_mode="r")
+            except (OSError, ValueError) as e:
+                raise DataError(f"the cache {self.path} is damaged ({name}.npy: {e}); delete the folder to rebuild "
+                                "it") from None
+        return self._arrays[name]
+
+    def __getstate__(self) -> dict:  # DataLoader workers started by spawn map their own view
+        return {**self.__dict__, "_arrays": {}}
 
     @property
     def images(self) -> np.ndarray:
-        return np.load(self.path / "images.npy", mmap_mode="r")
+        return self._array("images")
 
     @property
     def packed_masks(self) -> np.ndarray:
-        return np.load(self.path / "masks.npy", mmap_mode="r")
+        if not self.has_masks:
+            raise DataError(f"split {self.split!r} ({self.path}) has no ground truth")
+        return self._array("masks")
 
     def mask(self, index: int) -> np.ndarray:
         """5 x S x S uint8 0/1 masks of one image."""
@@ -170,9 +201,10 @@ class SplitCache:
 
     @classmethod
     def open(cls, path: Path) -> "SplitCache":
+        """Open a built cache and map its arrays."""
         meta = json.loads((path / "meta.json").read_text())
         has = meta["present"] is not None
-        return cls(
+        cache = cls(
             path=path,
             split=meta["split"],
             ids=meta["ids"],
@@ -183,6 +215,10 @@ class SplitCache:
             size=meta["size"],
             resize_mode=meta["resize_mode"],
         )
+        cache.images
+        if has:
+            cache.packed_masks
+        return cache
 
 
 def _load_sample(split: Split, image_id: str, size: int, mode: str):
@@ -210,35 +246,58 @@ def build_cache(split: Split, size: int = 256, mode: str = "stretch", root: Path
     if size % 8:
         raise ValueError(f"cache size {size} must be a multiple of 8")
     root = Path(root) if root is not None else cache_dir()
-    final = root / f"{split.name}-{size}-{mode}-{fingerprint(split, size, mode)}"
+    prefix = f"{split.name}-{size}-{mode}-{source_key(split)}"
+    final = root / f"{prefix}-{fingerprint(split, size, mode)}"
     if (final / "meta.json").exists():
         return SplitCache.open(final)
     missing = missing_masks(split)
     if missing:
-        listed = "\n  ".join(missing)
+        listed = "\n  ".join(missing[:20]) + (f"\n  ... ({len(missing) - 20} more)" if len(missing) > 20 else "")
         raise DataError(
             f"{len(missing)} mask file(s) missing in {split.mask_dir}:\n  {listed}\n"
             "every image needs one PNG per attribute; re-extract the ground-truth zip"
         )
-    root.mkdir(parents=True, exist_ok=True)
-    _remove_stale(root, split.name, size, mode)
+    if not split.ids:
+        raise DataError(f"split {split.name!r} in {split.image_dir} holds no ISIC_<7 digits>.jpg images")
+    ensure_writable(root, "the cache folder", "set SKINSEG_CACHE_DIR to a writable folder")
+    _remove_stale(root, prefix)
+    needed = cache_bytes(len(split.ids), size, split.has_masks)
+    free = shutil.disk_usage(root).free
+    if free < needed + _SPARE_BYTES:
+        raise DiskFullError(f"not enough disk space to cache split {split.name!r} at {size} px: "
+                            f"{space_message(root, needed + _SPARE_BYTES)}. Free space, or set SKINSEG_CACHE_DIR "
+                            "to a folder on a larger disk")
     tmp = root / f".{final.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     try:
+        tmp.mkdir(parents=True)
         _write(split, size, mode, tmp, workers, progress)
         os.replace(tmp, final) if not final.exists() else shutil.rmtree(tmp)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(f"disk full while caching split {split.name!r} at {size} px "
+                                f"({space_message(root, needed + _SPARE_BYTES)}); the partial cache was removed. "
+                                "Free space, or set SKINSEG_CACHE_DIR to a folder on a larger disk") from None
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return SplitCache.open(final)
 
 
-def _remove_stale(root: Path, split_name: str, size: int, mode: str) -> None:
-    """Drop older caches of the same split/size/mode (the fingerprint changed) and leftovers of dead builds."""
-    for p in root.glob(f"{split_name}-{size}-{mode}-*"):
+def cache_bytes(n: int, size: int, with_masks: bool) -> int:
+    """Bytes a cache of ``n`` images at ``size`` px takes (images, bit-packed masks, headers)."""
+    return n * size * size * 3 + (n * len(ATTRIBUTES) * size * (size // 8) if with_masks else 0) + 4096
+
+
+def _remove_stale(root: Path, prefix: str) -> None:
+    """Drop older caches of the same source, split, size and mode (its files changed), and leftovers of dead
+    builds of any cache in ``root``. Caches of other sources are never touched; an open SplitCache of a
+    removed folder keeps reading its mapped arrays."""
+    for p in root.glob(f"{prefix}-*"):
         shutil.rmtree(p, ignore_errors=True)
-    for p in root.glob(f".{split_name}-{size}-{mode}-*.tmp-*"):
+    for p in root.glob(".*.tmp-*"):
         pid = p.name.rsplit("-", 1)[-1]
         if not pid.isdigit() or not _pid_alive(int(pid)):
             shutil.rmtree(p, ignore_errors=True)
@@ -252,16 +311,40 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+class _NpyWriter:
+    """Writes an .npy file one row at a time with plain writes: a full disk raises OSError (ENOSPC), where a
+    memory-mapped write would kill the process with SIGBUS."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...]):
+        self.f = open(path, "wb")
+        np.lib.format.write_array_header_1_0(self.f, {"descr": "|u1", "fortran_order": False, "shape": shape})
+
+    def __setitem__(self, _k: int, row: np.ndarray) -> None:
+        self.f.write(np.ascontiguousarray(row, dtype=np.uint8).tobytes())
+
+    def close(self) -> None:
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.f.close()
+
+
 def _write(split: Split, size: int, mode: str, tmp: Path, workers: int | None, progress: bool) -> None:
     n = len(split.ids)
-    if n == 0:
-        raise DataError(f"split {split.name!r} in {split.image_dir} holds no ISIC_<7 digits>.jpg images")
-    images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
-    masks = None
-    if split.has_masks:
-        masks = np.lib.format.open_memmap(
-            tmp / "masks.npy", mode="w+", dtype=np.uint8, shape=(n, len(ATTRIBUTES), size, size // 8)
-        )
+    images = _NpyWriter(tmp / "images.npy", (n, size, size, 3))
+    masks = _NpyWriter(tmp / "masks.npy", (n, len(ATTRIBUTES), size, size // 8)) if split.has_masks else None
+    try:
+        meta = _write_rows(split, size, mode, images, masks, workers, progress)
+    finally:
+        images.f.close()
+        if masks is not None:
+            masks.f.close()
+    # meta.json is written last: its presence marks a complete cache.
+    (tmp / "meta.json").write_text(json.dumps(meta))
+
+
+def _write_rows(split: Split, size: int, mode: str, images: _NpyWriter, masks: _NpyWriter | None,
+                workers: int | None, progress: bool) -> dict:
+    n = len(split.ids)
     original_hw, boxes, present, fraction = [], [], [], []
     odd_pixels, odd_files = 0, []
     workers = workers or min(8, os.cpu_count() or 1)
@@ -279,18 +362,16 @@ def _write(split: Split, size: int, mode: str, tmp: Path, workers: int | None, p
                 if odd:
                     odd_pixels += odd
                     odd_files.append(split.ids[k])
-    images.flush()
-    del images
+    images.close()
     if masks is not None:
-        masks.flush()
-        del masks
+        masks.close()
     if odd_pixels:
         warnings.warn(
             f"{odd_pixels} mask pixel(s) in {len(odd_files)} image(s) of split {split.name!r} were neither 0 nor 255 "
             f"(first: {', '.join(odd_files[:5])}); binarized at > 127",
             stacklevel=3,
         )
-    meta = {
+    return {
         "version": CACHE_VERSION,
         "split": split.name,
         "size": size,
@@ -298,10 +379,9 @@ def _write(split: Split, size: int, mode: str, tmp: Path, workers: int | None, p
         "image_dir": str(split.image_dir),
         "mask_dir": str(split.mask_dir) if split.mask_dir else None,
         "ids": list(split.ids),
+        "image_names": dict(split.image_names),
         "original_hw": original_hw,
         "boxes": boxes,
         "present": present if split.has_masks else None,
         "fraction": fraction if split.has_masks else None,
     }
-    # meta.json is written last: its presence marks a complete cache.
-    (tmp / "meta.json").write_text(json.dumps(meta))

@@ -1,8 +1,8 @@
 """Fetch the official ISIC 2018 Task 1-2 input and Task 2 ground-truth zips and extract them into the loader's layout.
 
 Downloads resume: bytes go to ``ROOT/.downloads/<name>.part`` and a rerun asks the server for the rest with a
-``Range`` header. The ``.part`` becomes ``<name>`` only once its size equals the server's Content-Length (and the
-known size, where the table has one). Each zip is then extracted into ``ROOT/<split>/`` through a temporary folder
+``Range`` header. The ``.part`` becomes ``<name>`` only once its size equals the server's Content-Length (and
+``expected_size`` when a caller gives one). Each zip is then extracted into ``ROOT/<split>/`` through a temporary folder
 and one rename, so a split folder is either complete or absent; a marker file next to it records the extraction.
 """
 from __future__ import annotations
@@ -28,23 +28,13 @@ from skinseg.data.isic import SPLITS, DataError
 BASE_URL = "https://isic-challenge-data.s3.amazonaws.com/2018/"
 CHALLENGE_PAGE = "https://challenge.isic-archive.com/data/#2018"
 
-# split -> (file name in the bucket, expected byte size). The sizes are None until measured against the real
-# bucket; until then the server's Content-Length is the size check.
-ARCHIVES: dict[str, list[tuple[str, int | None]]] = {
-    "train": [
-        ("ISIC2018_Task1-2_Training_Input.zip", None),
-        ("ISIC2018_Task2_Training_GroundTruth_v3.zip", None),
-    ],
-    "val": [
-        ("ISIC2018_Task1-2_Validation_Input.zip", None),
-        ("ISIC2018_Task2_Validation_GroundTruth.zip", None),
-    ],
-    "test": [
-        ("ISIC2018_Task1-2_Test_Input.zip", None),
-        ("ISIC2018_Task2_Test_GroundTruth.zip", None),
-    ],
+# split -> file names in the bucket. The server's Content-Length is the size check (their byte sizes have not
+# been measured against the real bucket here, so none is claimed).
+ARCHIVES: dict[str, list[str]] = {
+    "train": ["ISIC2018_Task1-2_Training_Input.zip", "ISIC2018_Task2_Training_GroundTruth_v3.zip"],
+    "val": ["ISIC2018_Task1-2_Validation_Input.zip", "ISIC2018_Task2_Validation_GroundTruth.zip"],
+    "test": ["ISIC2018_Task1-2_Test_Input.zip", "ISIC2018_Task2_Test_GroundTruth.zip"],
 }
-# The test ground truth may never have been published: HTTP 403/404 skips it instead of failing.
 OPTIONAL_ARCHIVES: frozenset[str] = frozenset({"ISIC2018_Task2_Test_GroundTruth.zip"})
 
 DOWNLOAD_DIR = ".downloads"
@@ -92,7 +82,7 @@ def download_isic(root: str | Path, splits: Iterable[str] = SPLITS, base_url: st
                     "skipped": {}}
     for split in _check_splits(splits):
         split_dir = root / split
-        for name, size in ARCHIVES[split]:
+        for name in ARCHIVES[split]:
             if _is_extracted(split_dir, name):
                 result["already_extracted"].append(name)
                 continue
@@ -104,7 +94,7 @@ def download_isic(root: str | Path, splits: Iterable[str] = SPLITS, base_url: st
                 continue
             url = base_url + name
             try:
-                fetched = download_file(url, root / DOWNLOAD_DIR / name, expected_size=size, progress=progress,
+                fetched = download_file(url, root / DOWNLOAD_DIR / name, progress=progress,
                                         timeout=timeout, retries=retries)
             except ArchiveNotFound as e:
                 if name not in OPTIONAL_ARCHIVES:

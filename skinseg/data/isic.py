@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import re
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from skinseg.errors import DataError
 
 # The one canonical attribute order, used by masks, model channels, metrics and submissions.
 ATTRIBUTES: tuple[str, ...] = (
@@ -24,10 +28,8 @@ SPLITS: tuple[str, ...] = tuple(SPLIT_FOLDERS)
 
 IMAGE_RE = re.compile(r"^ISIC_(\d{7})\.jpg$", re.IGNORECASE)
 MASK_RE = re.compile(r"^ISIC_(\d{7})_attribute_([a-z_]+)\.png$")
-
-
-class DataError(ValueError):
-    """Bad input data: the message names the file and what to do."""
+# files the official image folders hold beside the images: not images, skipped without a word
+OFFICIAL_EXTRAS = re.compile(r"^(ATTRIBUTION\.txt|LICENSE\.txt|ISIC_\d{7}_superpixels\.png)$", re.IGNORECASE)
 
 
 def mask_name(image_id: str, attribute: str) -> str:
@@ -43,13 +45,15 @@ class Split:
     image_dir: Path
     mask_dir: Path | None
     ids: tuple[str, ...] = field(repr=False)
+    # id -> file name, for images whose extension is not spelled ``.jpg`` (e.g. ``ISIC_0000003.JPG``)
+    image_names: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def has_masks(self) -> bool:
         return self.mask_dir is not None
 
     def image_path(self, image_id: str) -> Path:
-        return self.image_dir / f"{image_id}.jpg"
+        return self.image_dir / self.image_names.get(image_id, f"{image_id}.jpg")
 
     def mask_path(self, image_id: str, attribute: str) -> Path:
         if self.mask_dir is None:
@@ -72,13 +76,42 @@ def _find_dir(root: Path, name: str, depth: int = 2) -> Path | None:
     return None
 
 
-def list_image_ids(image_dir: Path) -> tuple[str, ...]:
-    ids = []
+def scan_images(image_dir: Path) -> tuple[tuple[str, ...], dict[str, str]]:
+    """Sorted image ids of a folder and the file names not spelled ``<id>.jpg``.
+
+    Files that are neither ``ISIC_<7 digits>.jpg`` (any case) nor the official folders' extras (ATTRIBUTION.txt,
+    LICENSE.txt, superpixel PNGs) nor hidden are skipped with a warning naming them. Two files for one id
+    (``ISIC_0000001.jpg`` and ``ISIC_0000001.JPG``) are an error.
+    """
+    found: dict[str, str] = {}
+    skipped = []
     for p in image_dir.iterdir():
         m = IMAGE_RE.match(p.name)
         if m:
-            ids.append(f"ISIC_{m.group(1)}")
-    return tuple(sorted(ids))
+            image_id = f"ISIC_{m.group(1)}"
+            if image_id in found:
+                raise DataError(f"{image_dir} holds two files for {image_id} ({found[image_id]} and {p.name}); "
+                                "keep one")
+            found[image_id] = p.name
+        elif not (p.name.startswith(".") or OFFICIAL_EXTRAS.match(p.name)):
+            skipped.append(p.name)
+    if skipped:
+        skipped.sort()
+        listed = ", ".join(skipped[:10]) + (f", ... ({len(skipped) - 10} more)" if len(skipped) > 10 else "")
+        warnings.warn(f"{image_dir}: skipped {len(skipped)} file(s) not named ISIC_<7 digits>.jpg: {listed}",
+                      stacklevel=2)
+    ids = tuple(sorted(found))
+    return ids, {i: name for i, name in found.items() if name != f"{i}.jpg"}
+
+
+def list_image_ids(image_dir: Path) -> tuple[str, ...]:
+    return scan_images(image_dir)[0]
+
+
+def image_split(name: str, image_dir: Path, mask_dir: Path | None = None) -> Split:
+    """A split of the images in ``image_dir`` (ground truth in ``mask_dir`` when given)."""
+    ids, names = scan_images(image_dir)
+    return Split(name, image_dir, mask_dir, ids, names)
 
 
 def find_splits(root: str | Path) -> dict[str, Split]:
@@ -96,7 +129,7 @@ def find_splits(root: str | Path) -> dict[str, Split]:
         if image_dir is None:
             continue
         mask_dir = _find_dir(root, gt_folder)
-        splits[name] = Split(name, image_dir, mask_dir, list_image_ids(image_dir))
+        splits[name] = image_split(name, image_dir, mask_dir)
     if not splits:
         looked = ", ".join(f for pair in SPLIT_FOLDERS.values() for f in pair)
         raise DataError(

@@ -12,8 +12,10 @@ from urllib.parse import urlparse
 import timm
 from torch import nn
 
+from skinseg.errors import ConfigError, EnvironmentProblem
 
-class PretrainedWeightsError(RuntimeError):
+
+class PretrainedWeightsError(EnvironmentProblem):
     """ImageNet weights could not be loaded (typically: no network); the message says how to proceed."""
 
 
@@ -23,7 +25,7 @@ def create_timm_encoder(name: str, in_channels: int = 3, pretrained: bool = Fals
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
         hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
-        raise ValueError(
+        raise ConfigError(
             f"encoder: unknown timm model {name!r}{hint}; use a timm model that supports features_only, "
             "e.g. convnext_tiny, convnext_nano, resnet34, efficientnet_b0 (see timm.list_models())"
         )
@@ -31,7 +33,7 @@ def create_timm_encoder(name: str, in_channels: int = 3, pretrained: bool = Fals
     if pretrained_path is not None:
         path = Path(pretrained_path).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"pretrained_path: {path} not found; give a weights file saved from timm's {name!r}")
+            raise ConfigError(f"pretrained_path: {path} not found; give a weights file saved from timm's {name!r}")
         # timm's checkpoint_path= does not work with features_only; a pretrained_cfg file does
         return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
     if not pretrained:

@@ -3,11 +3,9 @@ from __future__ import annotations
 
 import difflib
 import inspect
-import math
 from typing import TYPE_CHECKING, Any
 
-import torch
-
+from skinseg.errors import ConfigError
 from skinseg.models.base import SegmentationModel
 from skinseg.models.unet import UNet
 from skinseg.models.unet_attention import AttentionUNet
@@ -17,6 +15,7 @@ from skinseg.models.unet_residual import ResidualUNet
 if TYPE_CHECKING:
     from skinseg.config import Config
 
+# one entry per name of skinseg.choices.MODELS (a test checks both lists agree)
 MODELS: dict[str, type[SegmentationModel]] = {
     "unet": UNet,
     "unet-residual": ResidualUNet,
@@ -24,13 +23,12 @@ MODELS: dict[str, type[SegmentationModel]] = {
     "unet-convnext-attention": ConvNeXtUNet,
 }
 MODEL_NAMES = tuple(MODELS)
-HEAD_PRIOR = 0.05
 
 _CONFIG_OPTIONS = ("base_channels", "bilinear", "init", "pretrained", "pretrained_path", "encoder", "freeze_encoder",
                    "aux_head")
 
 
-class UnknownModelError(KeyError, ValueError):
+class UnknownModelError(ConfigError, KeyError):
     """A model name not in the registry; the message lists the valid names. Catch it as KeyError or ValueError."""
 
     def __str__(self) -> str:
@@ -51,19 +49,7 @@ def create_model(name: str, in_channels: int = 3, classes: int = 5, **options: A
     unknown = sorted(set(options) - set(model_options(name)))
     if unknown:
         raise TypeError(f"{name}: unknown option(s) {', '.join(unknown)}; valid: {', '.join(model_options(name))}")
-    model = model_class(in_channels, classes, **options)
-    if options.get("init", "kaiming") != "none":
-        set_head_prior(model, HEAD_PRIOR)
-    return model
-
-
-def set_head_prior(model: SegmentationModel, prior: float) -> None:
-    """Start the mask logits at the sigmoid of ``prior`` (RetinaNet's prior trick).
-
-    The attributes cover a few percent of the pixels at most; a head starting at p = 0.5 spends its first
-    epochs learning "mostly background", and rare attributes can collapse to all-empty meanwhile.
-    """
-    torch.nn.init.constant_(model.segmentation_head.bias, math.log(prior / (1 - prior)))
+    return model_class(in_channels, classes, **options)
 
 
 def model_from_config(cfg: Config) -> SegmentationModel:

@@ -6,7 +6,8 @@ from torch import nn
 
 from skinseg.models.base import SegmentationModel
 from skinseg.models.blocks import DoubleConv, PresenceHead, StagedFeatures, UNetDecoder
-from skinseg.models.init import initialize
+from skinseg.errors import ConfigError
+from skinseg.models.init import initialize, set_head_prior
 
 
 class UNetEncoder(StagedFeatures):
@@ -53,7 +54,7 @@ class UNet(SegmentationModel):
                  pretrained_path: str | None = None):
         super().__init__()
         if pretrained or pretrained_path:
-            raise ValueError(
+            raise ConfigError(
                 f"{type(self).__name__} is trained from scratch and has no pretrained weights; set pretrained: false "
                 "(and no pretrained_path), or use unet-convnext-attention for an ImageNet-pretrained encoder"
             )
@@ -67,3 +68,5 @@ class UNet(SegmentationModel):
         self.segmentation_head = nn.Conv2d(self.decoder.out_channels, classes, 1)
         self.presence_head = PresenceHead(self.encoder.out_channels[-1], classes) if aux_head else None
         initialize(self, init)
+        if init != "none":
+            set_head_prior(self.segmentation_head)

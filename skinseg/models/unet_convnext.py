@@ -9,7 +9,8 @@ from torch import nn
 from skinseg.models.base import SegmentationModel
 from skinseg.models.blocks import PresenceHead, ResidualBlock, StagedFeatures, UNetDecoder, conv_bn_relu
 from skinseg.models.encoders import create_timm_encoder
-from skinseg.models.init import initialize
+from skinseg.errors import ConfigError
+from skinseg.models.init import initialize, set_head_prior
 
 
 class InputStem(StagedFeatures):
@@ -35,7 +36,7 @@ class InputStem(StagedFeatures):
 def _stem_reductions(encoder: str, reductions: list[int]) -> list[int]:
     first = reductions[0]
     if first & (first - 1) or reductions != [first * 2**i for i in range(len(reductions))]:
-        raise ValueError(
+        raise ConfigError(
             f"encoder {encoder!r} has feature strides {reductions}; the decoder needs strides that double at every "
             "stage, e.g. 4, 8, 16, 32 (ConvNeXt) or 2, 4, 8, 16, 32 (ResNet, EfficientNet)"
         )
@@ -87,6 +88,8 @@ class ConvNeXtUNet(SegmentationModel):
         for part in self.children():
             if part is not self.encoder or not pretrained:
                 initialize(part, init)
+        if init != "none":
+            set_head_prior(self.segmentation_head)
         self.freeze_encoder(freeze_encoder)
 
     def extract_features(self, x: torch.Tensor) -> list[torch.Tensor]:

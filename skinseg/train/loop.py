@@ -2,14 +2,13 @@
 
     fit: for each epoch -> on_epoch_start -> train_epoch (train_step per batch) -> validate -> on_epoch_end
 
-A run folder ``<output_dir>/<time>_<model>_<name>/`` holds config.yaml, metrics.csv, best.pt and last.pt.
+The run folder it writes (config, metrics log, checkpoints, end marker) is :class:`skinseg.runs.RunFolder`;
+the checkpoint files are :mod:`skinseg.checkpoint`'s.
 """
 from __future__ import annotations
 
-import csv
 import math
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,24 +16,18 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from skinseg.checkpoint import (load_checkpoint, load_model_weights, repair_best, rng_state, save_checkpoint,
+                               set_rng_state)
 from skinseg.config import Config
 from skinseg.data.dataset import make_dataset, make_loader
-from skinseg.data.isic import ATTRIBUTES
-from skinseg.errors import TrainingError
-from skinseg.inference import GATE_CUTOFFS, OriginalMasks, autocast, evaluate, needs_original
+from skinseg.errors import CheckpointError, DataError, TrainingError
+from skinseg.inference import GATE_CUTOFFS, NonFiniteOutputError, OriginalMasks, evaluate_model, needs_original
 from skinseg.losses import CombinedLoss
 from skinseg.models import model_from_config
 from skinseg.paths import resolve
-from skinseg.train.checkpoint import (CheckpointError, load_checkpoint, load_model_weights, rng_state,
-                                      save_checkpoint, set_rng_state)
-from skinseg.train.distributed import Runtime, cleanup, seed_everything, setup_runtime
+from skinseg.runs import RunFolder
+from skinseg.runtime import Runtime, autocast, cleanup, seed_everything, setup_runtime
 from skinseg.train.optim import Schedule, build_optimizer
-
-CSV_COLUMNS = (
-    ["kind", "epoch", "step", "time", "loss", "lr", "train_loss", "val_loss", "epoch_seconds", "images_per_s"]
-    + [f"val_jaccard_{a}" for a in ATTRIBUTES] + [f"val_dice_{a}" for a in ATTRIBUTES]
-    + ["val_jaccard", "val_dice", "val_macro_jaccard", "val_tuned_jaccard"]
-)
 
 
 class Trainer:
@@ -46,6 +39,7 @@ class Trainer:
         self.progress = progress and self.rt.main
         seed_everything(cfg.seed)
         self.train_loader = make_loader(cfg, cfg.train_split, True, self.rt.rank, self.rt.world)
+        _check_has_positives(self.train_loader.dataset)
         self.val_loader = make_loader(cfg, cfg.val_split, False, self.rt.rank, self.rt.world,
                                       dataset=make_dataset(cfg, cfg.val_split, train=False))
         self.originals = OriginalMasks(self.val_loader.dataset.cache) if needs_original(
@@ -76,18 +70,23 @@ class Trainer:
         self.best = {"score": -1.0, "epoch": 0, "thresholds": [cfg.threshold] * cfg.classes,
                      "gates": [0.0] * cfg.classes}
         self.stale_epochs = 0
-        self.run_dir = self._resume(cfg.load) if cfg.load else self._new_run_dir()
+        self.run = self._resume(cfg.load) if cfg.load else self._new_run()
+        self.run_dir = self.run.path
 
     # ---- the loop --------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
+        reason = "completed"
         try:
             for epoch in range(self.epoch, self.cfg.epochs):
                 self.on_epoch_start(epoch)
                 train_loss, seconds = self.train_epoch(epoch)
                 self.sync_buffers()
-                result = self.validate()
+                result = self.validate(epoch)
                 if self.on_epoch_end(epoch, train_loss, seconds, result):
+                    reason = "early_stop"
                     break
+            if self.rt.main:
+                self.run.mark_done(reason, self.epoch, self.best["epoch"], self.best["score"])
         finally:
             if self.rt.distributed:
                 cleanup()
@@ -159,12 +158,16 @@ class Trainer:
                 torch.distributed.all_reduce(buf)
                 buf /= self.rt.world
 
-    def validate(self):
+    def validate(self, epoch: int):
         model = self.ema.module if self.ema is not None else self.model
-        return evaluate(model, self.val_loader, self.rt.device, thresholds=[self.cfg.threshold] * self.cfg.classes,
-                        amp_dtype=self.rt.amp_dtype, loss_fn=self.loss_fn, channels_last=self.cfg.channels_last,
-                        originals=self.originals, gate_cutoffs=GATE_CUTOFFS if self.cfg.aux_head else (0.0,),
-                        tta=self.cfg.tta)
+        try:
+            return evaluate_model(model, self.val_loader, self.rt.device,
+                                  thresholds=[self.cfg.threshold] * self.cfg.classes, amp_dtype=self.rt.amp_dtype,
+                                  loss_fn=self.loss_fn, channels_last=self.cfg.channels_last,
+                                  originals=self.originals,
+                                  gate_cutoffs=GATE_CUTOFFS if self.cfg.aux_head else (0.0,), tta=self.cfg.tta)
+        except NonFiniteOutputError as e:
+            raise self._diverged("validation outputs became NaN or infinite", epoch, e.ids) from None
 
     def on_epoch_end(self, epoch: int, train_loss: float, seconds: float, result) -> bool:
         """Log, tune thresholds, step reduce_lr, save checkpoints; True to stop early."""
@@ -188,10 +191,12 @@ class Trainer:
         else:
             self.stale_epochs += 1
         if self.rt.main:
+            # last first, then best: a kill between the two leaves last.pt naming this epoch as best, and
+            # resuming rewrites best.pt from it (checkpoint.repair_best)
             state = self._state()
-            save_checkpoint(state, self.run_dir / "last.pt")
+            save_checkpoint(state, self.run.last)
             if improved:
-                save_checkpoint(state, self.run_dir / "best.pt")
+                save_checkpoint(state, self.run.best)
         if self.progress:
             tqdm.write(f"epoch {self.epoch}: train loss {train_loss:.4f}, val loss {result.loss:.4f}, "
                        f"val jaccard {result.scores.overall:.4f}, tuned {tuned:.4f}, {seconds:.1f}s")
@@ -218,7 +223,7 @@ class Trainer:
             "rng": rng_state(),
         }
 
-    def _resume(self, path: str) -> Path:
+    def _resume(self, path: str) -> RunFolder:
         path = resolve(path)
         state = load_checkpoint(path, map_location=self.rt.device)
         saved = state["config"].get("model")
@@ -236,62 +241,52 @@ class Trainer:
         self.epoch, self.step = state["epoch"], state["step"]
         self.history, self.best, self.stale_epochs = state["history"], state["best"], state["stale_epochs"]
         set_rng_state(state["rng"])
-        run_dir = path.parent
+        run = RunFolder(path.parent)
         if self.rt.main:
-            self._truncate_csv(run_dir / "metrics.csv")
-        return run_dir
+            run.remove_stale_temp_files()
+            if path == run.last:
+                repair_best(run.last, run.best, state)
+            run.truncate_metrics(self.step, self.epoch)
+            run.clear_done()
+        return run
 
-    def _new_run_dir(self) -> Path:
-        root = resolve(self.cfg.output_dir)
-        name = self.cfg.run_name or "+".join(self.cfg.loss)
-        run_dir = root / f"{datetime.now():%Y%m%d-%H%M%S}_{self.cfg.model}_{name}"
+    def _new_run(self) -> RunFolder:
+        path = RunFolder.new_path(self.cfg.output_dir, self.cfg.model, self.cfg.run_name or "+".join(self.cfg.loss))
         if self.rt.distributed:  # every rank must agree on the folder name
             names = [None] * self.rt.world
-            torch.distributed.all_gather_object(names, str(run_dir))
-            run_dir = Path(names[0])
-        if self.rt.main:
-            suffix, base = 1, run_dir
-            while run_dir.exists():
-                suffix += 1
-                run_dir = Path(f"{base}-{suffix}")
-            run_dir.mkdir(parents=True)
-            self.cfg.to_yaml(run_dir / "config.yaml")
-            with open(run_dir / "metrics.csv", "w", newline="") as f:
-                csv.DictWriter(f, CSV_COLUMNS).writeheader()
-        return run_dir
-
-    def _truncate_csv(self, path: Path) -> None:
-        """Drop rows past the checkpoint, so a resumed run does not log an epoch twice."""
-        if not path.exists():
-            return
-        with open(path, newline="") as f:
-            rows = [r for r in csv.DictReader(f)
-                    if (r["kind"] == "step" and int(r["step"]) <= self.step)
-                    or (r["kind"] == "epoch" and int(r["epoch"]) <= self.epoch)]
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, CSV_COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
+            torch.distributed.all_gather_object(names, str(path))
+            path = Path(names[0])
+        if not self.rt.main:
+            return RunFolder(path)
+        return RunFolder.create(path, self.cfg.to_yaml_text())
 
     def _log(self, row: dict[str, Any]) -> None:
-        if not self.rt.main:
-            return
-        row = {"time": f"{time.time():.3f}", **row}
-        with open(self.run_dir / "metrics.csv", "a", newline="") as f:
-            csv.DictWriter(f, CSV_COLUMNS, extrasaction="ignore").writerow(row)
+        if self.rt.main:
+            self.run.log(row)
 
     def _non_finite(self, loss: torch.Tensor, batch: dict, epoch: int) -> None:
-        last = self.run_dir / "last.pt"
+        raise self._diverged(f"loss became {loss.item()}", epoch, list(batch["id"]))
+
+    def _diverged(self, what: str, epoch: int, ids: list[str]) -> TrainingError:
+        last = self.run.last
         kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
-        raise TrainingError(
-            f"loss became {loss.item()} at epoch {epoch + 1}, step {self.step + 1} (images "
-            f"{', '.join(batch['id'][:4])}); {kept}. Try a lower lr, grad_clip: 1.0, warmup_epochs, or amp: off"
+        return TrainingError(
+            f"{what} at epoch {epoch + 1}, step {self.step + 1} (images {', '.join(ids[:4])}); {kept}. "
+            "Try a lower lr, grad_clip: 1.0, warmup_epochs, or amp: off"
         )
 
     def summary(self) -> dict[str, Any]:
         return {"run_dir": str(self.run_dir), "best_epoch": self.best["epoch"], "best_score": self.best["score"],
                 "thresholds": self.best["thresholds"], "gates": self.best["gates"], "epochs_run": self.epoch,
                 "history": self.history}
+
+
+def _check_has_positives(dataset) -> None:
+    """Training on a split whose masks are all empty learns nothing; say so instead of training."""
+    present = dataset.cache.present
+    if present is not None and len(dataset) and not present[dataset.indices].any():
+        raise DataError(f"every mask of the training split ({dataset.cache.path.name}, {len(dataset)} images) is "
+                        "empty: there is nothing to learn. Check the ground-truth folder (masks must be 0/255 PNGs)")
 
 
 def train(cfg: Config, progress: bool = True) -> dict[str, Any]:

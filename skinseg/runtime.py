@@ -1,6 +1,8 @@
-"""Runtime: device and AMP choice, seeding, and torchrun/DDP setup."""
+"""Runtime choices shared by training and inference: device, AMP (and its autocast context), seeding, and
+torchrun/DDP setup. Inference imports this, never ``skinseg.train``."""
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from dataclasses import dataclass
@@ -9,6 +11,7 @@ import numpy as np
 import torch
 
 from skinseg.config import Config
+from skinseg.errors import EnvironmentProblem
 
 
 @dataclass
@@ -37,7 +40,11 @@ def pick_device(name: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device: cuda was asked for but no CUDA GPU is visible; use device: auto or cpu")
+        raise EnvironmentProblem("device: cuda was asked for but no CUDA GPU is visible to torch "
+                                 f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); "
+                                 "use device: auto or cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        raise EnvironmentProblem("device: mps was asked for but this machine has no Apple GPU; use device: auto or cpu")
     return torch.device(name)
 
 
@@ -53,7 +60,8 @@ def pick_amp(mode: str, device: torch.device) -> tuple[torch.dtype | None, bool]
     if mode == "bf16":
         return torch.bfloat16, False
     if device.type != "cuda":
-        raise RuntimeError("amp: fp16 needs a CUDA GPU (it uses a GradScaler); use bf16 or off on this device")
+        raise EnvironmentProblem(f"amp: fp16 needs a CUDA GPU (it uses a GradScaler) but the device is {device.type}; "
+                                 "use amp: bf16, off or auto on this device")
     return torch.float16, True
 
 
@@ -83,3 +91,10 @@ def setup_runtime(cfg: Config) -> Runtime:
 def cleanup() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """torch.autocast for ``dtype`` on ``device``, or a no-op when AMP is off."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)

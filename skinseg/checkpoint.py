@@ -1,0 +1,223 @@
+"""The checkpoint file, one module that writes it and reads it back: for resuming a run, for predicting, and
+for ensembles.
+
+A checkpoint is a ``torch.save`` dict marked ``format: skinseg-checkpoint-v1`` holding everything needed to
+continue or rebuild: weights (EMA weights when EMA is on, the raw ones beside them), optimizer, scheduler, grad
+scaler, epoch, step, config, tuned thresholds and gates, the best score so far, history and RNG states. An
+ensemble file is a checkpoint with ``kind: ensemble`` holding every member's config and weights instead.
+
+Files are loaded with ``weights_only=True``: a checkpoint that needs code to unpickle is refused.
+Writes are atomic (temporary file, then rename) and check free space first, so a kill or a full disk leaves
+the previous file whole.
+"""
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import random
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from skinseg.config import Config
+from skinseg.errors import CheckpointError, DiskFullError, space_message
+from skinseg.runtime import pick_amp, pick_device
+
+FORMAT = "skinseg-checkpoint-v1"
+ENSEMBLE_KIND = "ensemble"
+_SPARE_BYTES = 16 * 2**20
+
+
+# ---- writing ------------------------------------------------------------------------------
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """Write ``state`` to ``path`` atomically; DiskFullError (old file kept) when it does not fit."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, **state}, buffer)
+    data = buffer.getbuffer()
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        _check_space(path, len(data))
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        if isinstance(e, DiskFullError) or e.errno in (28, 122):  # ENOSPC, EDQUOT
+            raise DiskFullError(f"disk full while writing checkpoint {path} ({space_message(path.parent, len(data))}); "
+                                f"the previous {path.name} is kept. Free space and resume with load: {path.parent / 'last.pt'}"
+                                ) from None
+        raise CheckpointError(f"could not write checkpoint {path}: {e.strerror or e}; the previous file is kept") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _check_space(path: Path, nbytes: int) -> None:
+    import shutil
+
+    free = shutil.disk_usage(path.parent).free
+    if free < nbytes + _SPARE_BYTES:
+        raise DiskFullError(28, "No space left on device")
+
+
+# ---- reading ------------------------------------------------------------------------------
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """The state dict of a skinseg checkpoint; CheckpointError naming the file when it is missing or unusable."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found; pass the best.pt or last.pt of a run folder")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        if "global" in str(e).lower():  # torch's hint to retry with weights_only=False is not passed on
+            raise CheckpointError(
+                f"{path} holds Python objects that a skinseg checkpoint never contains; refusing to load it (loading "
+                "it could run code). Use a best.pt / last.pt written by skinseg"
+            ) from None
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a torch file (it cannot be unpickled); use "
+                              "another checkpoint of the run (best.pt / last.pt), or retrain") from None
+    except (zipfile.BadZipFile, RuntimeError, EOFError, ValueError, OSError) as e:
+        first = str(e).splitlines()[0][:120] if str(e) else ""
+        if "weights_only" in first:
+            first = "unreadable"
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or not a torch file ({type(e).__name__}: {first}); "
+            "use another checkpoint of the run (best.pt / last.pt), or retrain"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a skinseg checkpoint (no '{FORMAT}' marker)")
+    return state
+
+
+def checkpoint_epoch(path: str | Path) -> int | None:
+    """The epoch a checkpoint was written at, read without loading its tensors; None when unreadable."""
+    try:
+        return int(load_checkpoint(path, mmap=True).get("epoch", -1))
+    except CheckpointError:
+        return None
+
+
+def load_model_weights(model: torch.nn.Module, state: dict[str, Any], path: str | Path = "checkpoint") -> None:
+    """Load the weights of a checkpoint, with an error naming both architectures when they differ."""
+    saved = state.get("config", {}).get("model")
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"{path} holds weights of model {saved!r} that do not fit this model "
+            f"({type(model).__name__}): {str(e).splitlines()[0]}. Set `model` (and its options) to match the "
+            "checkpoint, or drop `load`."
+        ) from None
+
+
+def checkpoint_config(values: dict, source: str) -> Config:
+    """The config stored in a checkpoint, to rebuild its model (weights come from the checkpoint, not a hub)."""
+    cfg = Config.from_dict(dict(values), source=source)
+    return cfg.replace(pretrained=False, pretrained_path=None, load=None)
+
+
+# ---- resuming: RNG state and the best checkpoint ------------------------------------------
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+
+
+def repair_best(last: Path, best: Path, last_state: dict[str, Any]) -> bool:
+    """Make ``best`` hold the epoch that ``last`` records as best, when a kill came between the two writes.
+
+    The trainer writes last.pt, then best.pt when the score improved: both hold the same state then. A kill
+    between the writes leaves last.pt naming the new best epoch while best.pt holds an older one; since that
+    epoch is last.pt's own, best.pt is rewritten from it. Returns True when it rewrote best.
+    """
+    wanted = int(last_state.get("best", {}).get("epoch", 0))
+    if wanted == 0 or wanted != int(last_state.get("epoch", -1)):
+        return False
+    if best.exists() and checkpoint_epoch(best) == wanted:
+        return False
+    save_checkpoint({k: v for k, v in last_state.items() if k != "format"}, best)
+    return True
+
+
+# ---- ensembles ----------------------------------------------------------------------------
+def is_ensemble(state: dict) -> bool:
+    return state.get("kind") == ENSEMBLE_KIND
+
+
+def load_members(checkpoints: list[str | Path]) -> tuple[list[dict], list[Config]]:
+    """The states and configs of would-be ensemble members (ensembles themselves are refused)."""
+    states = [load_checkpoint(p) for p in checkpoints]
+    for p, s in zip(checkpoints, states):
+        if is_ensemble(s):
+            raise CheckpointError(f"{p} is itself an ensemble; list its member checkpoints instead")
+    return states, [checkpoint_config(s["config"], str(p)) for p, s in zip(checkpoints, states)]
+
+
+def ensemble_state(checkpoints: list[str | Path], states: list[dict], cfg: Config) -> dict[str, Any]:
+    """The state of an ensemble file: the ensemble's config and every member's config and weights."""
+    return {"kind": ENSEMBLE_KIND, "config": cfg.to_dict(),
+            "members": [{"source": str(p), "config": s["config"], "model": s["model"]}
+                        for p, s in zip(checkpoints, states)]}
+
+
+def ensemble_from_state(state: dict, source: str):
+    """The ensemble model and its config from an ensemble file's state (members' configs and weights)."""
+    from skinseg.ensemble import ModelEnsemble
+    from skinseg.models import model_from_config
+
+    members, sizes = [], []
+    for k, member in enumerate(state["members"]):
+        cfg = checkpoint_config(member["config"], f"{source} (member {k}: {member.get('source', '?')})")
+        model = model_from_config(cfg)
+        load_model_weights(model, member, f"{source} member {k}")
+        members.append(model)
+        sizes.append(cfg.image_size)
+    cfg = checkpoint_config(state["config"], source)
+    return ModelEnsemble(members, sizes, cfg.image_size), cfg
+
+
+# ---- predicting ---------------------------------------------------------------------------
+def load_for_inference(checkpoint: str | Path, device: str = "auto"):
+    """(model in eval mode, config, checkpoint state, device, amp dtype) from a checkpoint or ensemble file."""
+    from skinseg.models import model_from_config
+
+    state = load_checkpoint(checkpoint)
+    if is_ensemble(state):
+        model, cfg = ensemble_from_state(state, str(checkpoint))
+    else:
+        cfg = checkpoint_config(state["config"], str(checkpoint))
+        model = model_from_config(cfg)
+        load_model_weights(model, state, checkpoint)
+    model, dev, amp_dtype = ready_for_inference(model, cfg, device)
+    return model, cfg, state, dev, amp_dtype
+
+
+def ready_for_inference(model: torch.nn.Module, cfg: Config, device: str):
+    """The model on its device in eval mode (channels_last when configured), the device and the amp dtype."""
+    dev = pick_device(device)
+    model = model.to(dev).eval()
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    amp_dtype, _ = pick_amp(cfg.amp, dev)
+    return model, dev, amp_dtype

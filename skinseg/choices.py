@@ -1,0 +1,13 @@
+"""Every list of valid choices, defined once: the config validates against these, the command line offers them,
+and the code that dispatches on them is tested to cover exactly them. Kept free of heavy imports."""
+
+MODELS = ("unet", "unet-residual", "unet-attention", "unet-convnext-attention")
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "adabelief", "adagrad")
+SCHEDULERS = ("none", "reduce_lr", "cosine", "cosine_restart", "step", "exp", "onecycle")
+INITS = ("xavier", "kaiming", "orthogonal", "normal", "none")
+RESIZE_MODES = ("stretch", "pad")
+LOSSES = ("bce", "dice", "jaccard", "focal", "tversky")
+AMP_MODES = ("auto", "off", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+TTA_MODES = ("none", "hflip", "hvflip")
+SPLIT_NAMES = ("train", "val", "test", "dev")
