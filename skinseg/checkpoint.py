@@ -29,7 +29,7 @@ from skinseg.runtime import pick_amp, pick_device
 
 FORMAT = "skinseg-checkpoint-v1"
 ENSEMBLE_KIND = "ensemble"
-_SPARE_BYTES = 16 * 2**20
+_SPARE_BYTES = 2**20
 
 
 # ---- writing ------------------------------------------------------------------------------
@@ -51,8 +51,8 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     except OSError as e:
         if isinstance(e, DiskFullError) or e.errno in (28, 122):  # ENOSPC, EDQUOT
             raise DiskFullError(f"disk full while writing checkpoint {path} ({space_message(path.parent, len(data))}); "
-                                f"the previous {path.name} is kept. Free space and resume with load: {path.parent / 'last.pt'}"
-                                ) from None
+                                f"the previous {path.name} is kept. Free space, then resume the run from its last "
+                                "checkpoint (config key `load`)") from None
         raise CheckpointError(f"could not write checkpoint {path}: {e.strerror or e}; the previous file is kept") from None
     finally:
         tmp.unlink(missing_ok=True)

@@ -256,6 +256,7 @@ def check_submission_folder(out_dir: str | Path) -> Path:
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / SUBMISSION_MARKER).exists():
         raise DataError(f"{out_dir} is not empty and was not written by `skinseg predict`; choose a new or empty "
                         "folder (a folder that skinseg wrote a submission into is replaced)")
+    ensure_writable(out_dir.parent, "the folder of --out", "choose another --out")
     return out_dir
 
 
@@ -270,7 +271,6 @@ def write_submission(model: torch.nn.Module, loader, out_dir: str | Path, device
     """
     out_dir = check_submission_folder(out_dir)
     cache: SplitCache = loader.dataset.cache
-    ensure_writable(out_dir.parent, "submission parent folder", "choose another --out")
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     written = 0

@@ -169,14 +169,16 @@ class RunFolder:
     def is_complete(self) -> bool:
         """Training ended (all epochs, or an early stop) and left a best checkpoint.
 
-        Runs from before the end marker existed count as complete when all their epochs are logged.
+        Runs from before the end marker existed count as complete when their last checkpoint holds the final
+        epoch (not when metrics.csv logs it: a kill during the checkpoint write comes after that row).
         """
         if not self.best.exists() or not self.metrics_file.exists() or not self.config_file.exists():
             return False
         if self.end() is not None:
             return True
-        _, epochs = self.metrics()
-        return len(epochs) >= self.config()["epochs"]
+        from skinseg.checkpoint import checkpoint_epoch
+
+        return self.last.exists() and (checkpoint_epoch(self.last) or 0) >= self.config()["epochs"]
 
 
 def _pid_alive(pid: int) -> bool:

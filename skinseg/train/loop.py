@@ -20,7 +20,7 @@ from skinseg.checkpoint import (load_checkpoint, load_model_weights, repair_best
                                set_rng_state)
 from skinseg.config import Config
 from skinseg.data.dataset import make_dataset, make_loader
-from skinseg.errors import CheckpointError, DataError, TrainingError
+from skinseg.errors import CheckpointError, DataError, TrainingError, ensure_writable
 from skinseg.inference import GATE_CUTOFFS, NonFiniteOutputError, OriginalMasks, evaluate_model, needs_original
 from skinseg.losses import CombinedLoss
 from skinseg.models import model_from_config
@@ -36,6 +36,9 @@ class Trainer:
     def __init__(self, cfg: Config, progress: bool = True):
         self.cfg = cfg
         self.rt: Runtime = setup_runtime(cfg)
+        if not cfg.load and self.rt.main:  # before the caches are built: a read-only output_dir fails at once
+            ensure_writable(resolve(cfg.output_dir), "output_dir",
+                            "choose a writable output_dir (config key or --set output_dir=DIR)")
         self.progress = progress and self.rt.main
         seed_everything(cfg.seed)
         self.train_loader = make_loader(cfg, cfg.train_split, True, self.rt.rank, self.rt.world)
