@@ -5,7 +5,6 @@ into ``data/synthetic``. Executed notebooks go to ``reports/notebooks/``, runs t
 """
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
@@ -15,11 +14,10 @@ from typing import Any
 
 import nbformat
 
-from skinseg.config import Config
-from skinseg.paths import NOTEBOOKS_DIR, PARAMS_DIR, REPORTS_DIR, SYNTH_DIR, resolve
+from skinseg.notebook import is_synthetic, resolve_checkpoint, resolve_data
+from skinseg.paths import NOTEBOOKS_DIR, PARAMS_DIR, REPORTS_DIR, resolve
 
 NOTEBOOKS = ("01_eda", "02_architectures", "03_train", "04_sweeps", "05_test_evaluation", "06_qualitative")
-SYNTH_DEFAULTS = {"n_train": 160, "n_val": 40, "n_test": 40, "seed": 2018, "width_range": [300, 900]}
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "chromium-headless-shell", "google-chrome")
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--no-first-run", "--disable-sync")
@@ -30,26 +28,9 @@ class ReportError(RuntimeError):
     """A notebook failed: the message names it, the cell, and the partly executed copy."""
 
 
-def ensure_synthetic(root: str | Path | None = None, **options: Any) -> Path:
-    """The embedded synthetic dataset, generated once (again only when the options change)."""
-    from skinseg.data.synth import write_synthetic
-
-    root = Path(root) if root else SYNTH_DIR
-    opts = {**SYNTH_DEFAULTS, **options}
-    marker = root / "synth.json"
-    if marker.exists() and json.loads(marker.read_text()) == opts:
-        return root
-    if root.exists():
-        shutil.rmtree(root)
-    write_synthetic(root, n_train=opts["n_train"], n_val=opts["n_val"], n_test=opts["n_test"], seed=opts["seed"],
-                    width_range=tuple(opts["width_range"]))
-    marker.write_text(json.dumps(opts))
-    return root
-
-
-def uses_synthetic(values: dict[str, Any], data_root: str | Path | None) -> bool:
-    """True when neither the caller nor the params name a data root: the embedded synthetic set is used."""
-    return data_root is None and not values.get("data_root")
+def chosen_data_root(values: dict[str, Any], data_root: str | Path | None) -> str | Path | None:
+    """The caller's data root, else the params' (None: the synthetic set, see :func:`skinseg.notebook.is_synthetic`)."""
+    return data_root or values.get("data_root")
 
 
 def notebook_parameters(name: str, source_dir: Path = NOTEBOOKS_DIR) -> dict[str, Any]:
@@ -91,11 +72,11 @@ def run_notebooks(params: str | Path = PARAMS_DIR / "demo.yaml", data_root: str 
     nb_dir = out_dir / "notebooks"
     nb_dir.mkdir(parents=True, exist_ok=True)
     values = load_params(params)
-    synthetic = uses_synthetic(values, data_root)
-    root = ensure_synthetic() if synthetic else resolve(data_root or values["data_root"])
+    root, synthetic = resolve_data(chosen_data_root(values, data_root))
     run_root = out_dir / "runs"
-    values.update(data_root=str(root), output_dir=str(run_root), run_name="report")
-    shared = {**values, "synthetic": synthetic, "params_file": str(resolve(params)), "sweep": sweep,
+    # the synthetic set stays None: every notebook then applies the same rule (and shows the synthetic-data notes)
+    values.update(data_root=None if synthetic else str(root), output_dir=str(run_root), run_name="report")
+    shared = {**values, "params_file": str(resolve(params)), "sweep": sweep,
               "sweep_overrides": sweep_overrides if sweep_overrides is not None else {"epochs": 2},
               "sweep_out": str(out_dir / "sweeps" / sweep), "checkpoint": None,
               "submission_dir": str(out_dir / "submission"), "figures_dir": str(out_dir / "figures")}
@@ -105,9 +86,7 @@ def run_notebooks(params: str | Path = PARAMS_DIR / "demo.yaml", data_root: str 
         if progress:
             print(f"[{k}/{len(notebooks)}] {name} ...", flush=True)
         if name in ("05_test_evaluation", "06_qualitative") and shared["checkpoint"] is None:
-            from skinseg.runs import latest_run
-
-            shared["checkpoint"] = str(latest_run(run_root) / "best.pt")
+            shared["checkpoint"] = str(resolve_checkpoint(None, run_root))
         executed.append(execute(name, shared, nb_dir, kernel))
         if progress:
             print(f"[{k}/{len(notebooks)}] {name} done in {time.perf_counter() - start:.1f} s", flush=True)
@@ -236,9 +215,9 @@ def build_report(params: str | Path = PARAMS_DIR / "demo.yaml", data_root: str |
     from skinseg.sweeps import load_params
 
     values = load_params(params)
-    synthetic = uses_synthetic(values, data_root)
+    chosen = chosen_data_root(values, data_root)
     intro = ("**Data: the embedded synthetic ISIC-like dataset.** Scores on it are not comparable with the "
-             "ISIC 2018 leaderboard." if synthetic else f"Data: `{data_root or values.get('data_root')}`.")
+             "ISIC 2018 leaderboard." if is_synthetic(chosen) else f"Data: `{chosen}`.")
     intro += f" Parameters: `{Path(params).name}`."
     html = build_html(executed, out_dir / "report.html", intro=intro)
     result = {"html": str(html), "notebooks": [str(p) for p in executed], "pdf": None}

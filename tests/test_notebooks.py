@@ -1,15 +1,20 @@
 """Notebooks and params: one parameters cell each, stored clean, params YAMLs that papermill can use."""
+import ast
 import json
 import re
+import warnings
 
 import nbformat
 import papermill as pm
 import pytest
 import yaml
 
+from skinseg import notebook
 from skinseg.config import Config
-from skinseg.paths import NOTEBOOKS_DIR, PARAMS_DIR
-from skinseg.report import NOTEBOOKS, ReportError, build_html, combine, execute
+from skinseg.notebook import QUICK_TRAIN, is_synthetic, resolve_checkpoint, resolve_data, setup
+from skinseg.paths import NOTEBOOKS_DIR, PARAMS_DIR, PROJ_ROOT
+from skinseg.report import NOTEBOOKS, ReportError, build_html, chosen_data_root, combine, execute
+from skinseg.runs import RunFolder, best_checkpoint
 
 NOTEBOOK_FILES = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
 PARAMS_FILES = sorted(PARAMS_DIR.rglob("*.yaml"))
@@ -32,6 +37,119 @@ def test_notebook_has_one_parameters_cell_and_no_outputs(path):
 def test_train_notebook_parameters_are_exactly_the_config_keys():
     params = pm.inspect_notebook(str(NOTEBOOKS_DIR / "03_train.ipynb"))
     assert set(params) == set(Config.keys())
+
+
+def _as_lists(values):
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+
+
+def test_train_notebook_defaults_are_config_then_demo_yaml_then_quick_train():
+    demo = yaml.safe_load((PARAMS_DIR / "demo.yaml").read_text())
+    expected = {**Config().to_dict(), **demo, **QUICK_TRAIN}
+    params = pm.inspect_notebook(str(NOTEBOOKS_DIR / "03_train.ipynb"))
+    defaults = {key: ast.literal_eval(p["default"]) for key, p in params.items()}
+    assert _as_lists(defaults) == _as_lists(expected)
+    assert defaults["data_root"] is None  # None: the synthetic set
+
+
+def test_train_notebook_markdown_states_the_quick_override():
+    intro = nbformat.read(NOTEBOOKS_DIR / "03_train.ipynb", as_version=4).cells[0].source
+    assert "params/demo.yaml" in intro and "QUICK_TRAIN" in intro
+    for key, value in QUICK_TRAIN.items():
+        assert f"`{key} = {value!r}`" in intro
+
+
+def _setup_cell(nb):
+    (k,) = [i for i, c in enumerate(nb.cells) if "parameters" in c.get("metadata", {}).get("tags", [])]
+    return next(c for c in nb.cells[k + 1:] if c.cell_type == "code")
+
+
+@pytest.mark.parametrize("path", NOTEBOOK_FILES, ids=lambda p: p.stem)
+def test_notebook_setup_cell_calls_skinseg_notebook_setup(path):
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    source = _setup_cell(nbformat.read(path, as_version=4)).source
+    tree = ast.parse(TransformerManager().transform_cell(source))  # magics become plain calls
+    imported = any(isinstance(node, ast.ImportFrom) and node.module == "skinseg.notebook"
+                   and any(a.name == "setup" and a.asname is None for a in node.names) for node in tree.body)
+    called = any(isinstance(node, ast.Expr) and isinstance(node.value, ast.Call)
+                 and isinstance(node.value.func, ast.Name) and node.value.func.id == "setup" for node in tree.body)
+    assert imported and called, "the cell after the parameters cell should import and call skinseg.notebook.setup()"
+
+
+# what a notebook must leave to skinseg.notebook: the display setup, and what a None data root or checkpoint means
+DECIDED_IN_THE_PACKAGE = {
+    "%matplotlib": "setup()",
+    "display.precision": "setup()",
+    "filterwarnings": "setup()",
+    "ensure_synthetic": "resolve_data()",
+    "latest_run": "resolve_checkpoint()",
+    "best.pt": "resolve_checkpoint()",
+}
+SYNTHETIC_RULE = re.compile(r"data_root\s+is\s+(not\s+)?None|if\s+(not\s+)?data_root\b|data_root\s+else\b")
+
+
+@pytest.mark.parametrize("path", NOTEBOOK_FILES, ids=lambda p: p.stem)
+def test_notebook_leaves_setup_data_and_checkpoint_rules_to_the_package(path):
+    nb = nbformat.read(path, as_version=4)
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    found = {text: helper for text, helper in DECIDED_IN_THE_PACKAGE.items() if text in code}
+    assert not found, f"use skinseg.notebook instead of: {found}"
+    assert not SYNTHETIC_RULE.search(code), "resolve_data(data_root) decides what no data root means"
+
+
+def test_no_data_root_means_the_synthetic_set():
+    assert is_synthetic(None) and is_synthetic("")
+    assert not is_synthetic("data/isic") and not is_synthetic(PROJ_ROOT / "data")
+
+
+def test_resolve_data_generates_the_synthetic_set_only_without_a_data_root(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(notebook, "ensure_synthetic", lambda: calls.append(1) or tmp_path)
+    assert resolve_data(None) == (tmp_path, True)
+    assert resolve_data("") == (tmp_path, True)
+    assert resolve_data("data/isic") == (PROJ_ROOT / "data" / "isic", False)
+    assert resolve_data(tmp_path / "real") == (tmp_path / "real", False)
+    assert len(calls) == 2
+
+
+def test_report_and_notebooks_share_the_data_root_rule():
+    assert is_synthetic(chosen_data_root({}, None))
+    assert is_synthetic(chosen_data_root({"data_root": None}, ""))
+    assert chosen_data_root({"data_root": "params/root"}, None) == "params/root"
+    assert chosen_data_root({"data_root": "params/root"}, "given") == "given"
+
+
+def test_resolve_checkpoint_is_the_given_one_or_the_newest_runs_best(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        resolve_checkpoint(None, tmp_path)
+    for name in ("20260101-000000_unet_old", "20260102-000000_unet_new"):
+        run = RunFolder.create(tmp_path / name, "epochs: 1\n")
+        run.best.write_bytes(b"x")
+    assert resolve_checkpoint(None, tmp_path) == best_checkpoint(tmp_path / "20260102-000000_unet_new")
+    assert resolve_checkpoint("", tmp_path) == best_checkpoint(tmp_path / "20260102-000000_unet_new")
+    assert resolve_checkpoint("runs/a/last.pt", tmp_path) == PROJ_ROOT / "runs" / "a" / "last.pt"
+    assert resolve_checkpoint(tmp_path / "x.pt") == tmp_path / "x.pt"
+
+
+def test_setup_sets_pandas_precision_hides_torch_warnings_and_inlines_figures(monkeypatch):
+    import pandas as pd
+
+    magics = []
+
+    class Shell:
+        def run_line_magic(self, name, line):
+            magics.append((name, line))
+
+    with pd.option_context("display.precision", 6), warnings.catch_warnings():
+        monkeypatch.setattr(notebook, "get_ipython", lambda: None)
+        setup()  # plain Python: no shell, no magic
+        assert pd.get_option("display.precision") == 4
+        assert any(action == "ignore" and category is UserWarning and module and module.match("torch")
+                   for action, _, category, module, _ in warnings.filters)
+        monkeypatch.setattr(notebook, "get_ipython", Shell)
+        setup()
+    assert magics == [("matplotlib", "inline")]
 
 
 @pytest.mark.parametrize("path", PARAMS_FILES, ids=lambda p: str(p.relative_to(PARAMS_DIR)))

@@ -133,7 +133,53 @@ def test_onecycle_is_stepped_per_batch(small_root, tmp_path, cache_root):
 def test_other_schedulers_and_warmup_run(small_root, tmp_path, cache_root, scheduler):
     cfg = _cfg(small_root, tmp_path, scheduler=scheduler, warmup_epochs=1, epochs=2, step_size=1, t_max=1)
     lrs = [float(r["lr"]) for r in _rows(train(cfg, progress=False)["run_dir"], "step")]
-    assert lrs[0] < lrs[2]  # linear warm-up over the first epoch's 3 steps
+    assert len(lrs) == 6 and lrs[0] < lrs[1] < lrs[2]  # linear warm-up over the first epoch's 3 steps
+
+
+def _lr_per_step(scheduler: str, epochs: int = 4, spe: int = 3, scores=None, **kw) -> list[float]:
+    """Learning rate after every optimizer step of a real Schedule (warm-up 1 epoch, lr 0.1, gamma 0.5)."""
+    from skinseg.train.optim import Schedule
+
+    cfg = Config(scheduler=scheduler, lr=0.1, warmup_epochs=1, epochs=epochs, step_size=1, t_max=1, gamma=0.5,
+                 reduce_lr_patience=0, eta_min=1e-6, **kw)
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.lr)
+    schedule = Schedule(cfg, opt, spe)
+    lrs = []
+    for epoch in range(epochs):
+        for _ in range(spe):
+            opt.step()
+            schedule.after_batch()
+            lrs.append(opt.param_groups[0]["lr"])
+        schedule.after_epoch(0.5 if scores is None else scores[epoch])
+    return lrs
+
+
+def test_step_scheduler_halves_every_step_size_epochs_after_the_warm_up():
+    lrs = _lr_per_step("step")
+    assert lrs[0] < lrs[1] < lrs[2] == pytest.approx(0.1)  # warm-up ends at the base lr
+    np.testing.assert_allclose(lrs[3:], [0.1] * 2 + [0.05] * 3 + [0.025] * 3 + [0.0125], rtol=1e-9)
+
+
+def test_exp_scheduler_decays_by_gamma_per_epoch_after_the_warm_up():
+    lrs = _lr_per_step("exp")
+    ratios = np.array(lrs[4:]) / np.array(lrs[3:-1])
+    np.testing.assert_allclose(ratios, 0.5 ** (1 / 3), rtol=1e-9)  # gamma spread over the epoch's 3 steps
+    assert lrs[3 + 3] == pytest.approx(lrs[3] * 0.5)
+
+
+def test_reduce_lr_halves_when_the_score_stops_improving():
+    lrs = _lr_per_step("reduce_lr", scores=[0.1, 0.2, 0.2, 0.2])  # improves, then flat (patience 0)
+    assert lrs[2] == pytest.approx(0.1)
+    assert lrs[3:6] == pytest.approx([0.1] * 3)  # after epoch 1 (first score): unchanged
+    assert lrs[6:9] == pytest.approx([0.1] * 3)  # epoch 2 improved
+    assert lrs[9:12] == pytest.approx([0.05] * 3)  # epoch 3 did not: halved
+
+
+def test_cosine_restart_returns_to_the_base_lr_every_t_max_epochs():
+    lrs = _lr_per_step("cosine_restart")
+    after = lrs[3:]  # T_0 = 3 steps: 0.1 at every restart, decreasing in between
+    assert after[0] < 0.1 and after[2] == pytest.approx(0.1) and after[5] == pytest.approx(0.1)
+    assert after[3] > after[4]
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "sgd", "rmsprop", "adabelief", "adagrad"])
@@ -268,7 +314,9 @@ def test_worker_processes_give_the_same_batches(small_root, tmp_path, cache_root
         loader.sampler.set_epoch(3)
         return [b for b in loader]
 
-    for a, b in zip(batches(0), batches(2)):
+    serial, parallel = batches(0), batches(2)
+    assert len(serial) == len(parallel) == 3  # 6 images, batch 2: the comparison below is never empty
+    for a, b in zip(serial, parallel):
         assert a["id"] == b["id"]
         torch.testing.assert_close(a["image"], b["image"])
         torch.testing.assert_close(a["mask"], b["mask"])

@@ -12,7 +12,8 @@ import pytest
 
 from skinseg.data.isic import ATTRIBUTES, SPLIT_FOLDERS
 from skinseg.overlay import ATTRIBUTE_COLOURS, compare_overlay, legend_html, overlay
-from skinseg.widgets import PredictionBrowser, PredictionSet, collect_predictions, overlay_png
+from skinseg.predictions import PredictionSet, collect_predictions
+from skinseg.widgets import PredictionBrowser, overlay_png
 
 ALPHA = 0.45
 

@@ -7,18 +7,20 @@ superpixels, every mask is a coarse blob around its texture, not the exact strok
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
 from skinseg.data.isic import ATTRIBUTES, SPLIT_FOLDERS, SPLITS, mask_name
+from skinseg.paths import SYNTH_DIR
 
 # Fraction of ISIC 2018 Task 2 training images in which each attribute is present.
 DEFAULT_PREVALENCE: dict[str, float] = {
@@ -32,6 +34,9 @@ DEFAULT_PREVALENCE: dict[str, float] = {
 # First image id of each split. Fixed offsets keep a split's ids independent of the other splits' sizes.
 ID_OFFSETS: dict[str, int] = {"train": 0, "val": 1_000_000, "test": 2_000_000}
 MAX_IMAGES_PER_SPLIT = 1_000_000
+
+# The embedded synthetic dataset that the notebooks and `skinseg report` use when no data root is named.
+SYNTH_DEFAULTS = {"n_train": 160, "n_val": 40, "n_test": 40, "seed": 2018, "width_range": [300, 900]}
 
 # Drawing happens at most at this size and is resized up: a 4000 px image then costs little more than a 1000 px one,
 # and the textures keep the scale they have in downsampled real images.
@@ -211,6 +216,21 @@ def write_synthetic(
             if n:
                 _write_split(root, split, n, seed, width_range, sizes, probs, bar)
     return counts
+
+
+def ensure_synthetic(root: str | os.PathLike | None = None, **options: Any) -> Path:
+    """The embedded synthetic dataset, generated once (again only when the options change)."""
+    root = Path(root) if root else SYNTH_DIR
+    opts = {**SYNTH_DEFAULTS, **options}
+    marker = root / "synth.json"
+    if marker.exists() and json.loads(marker.read_text()) == opts:
+        return root
+    if root.exists():
+        shutil.rmtree(root)
+    write_synthetic(root, n_train=opts["n_train"], n_val=opts["n_val"], n_test=opts["n_test"], seed=opts["seed"],
+                    width_range=tuple(opts["width_range"]))
+    marker.write_text(json.dumps(opts))
+    return root
 
 
 def _write_split(root, split, n, seed, width_range, sizes, probs, bar) -> None:

@@ -1,0 +1,50 @@
+"""What the notebooks share: the display setup, and what a ``None`` data root or checkpoint parameter means.
+
+Notebooks only orchestrate and show. The rules "no data root: the synthetic set" and "no checkpoint: the best one of
+the newest run" live here, and :mod:`skinseg.report` asks the same functions.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import pandas as pd
+from IPython import get_ipython
+
+from skinseg.data.synth import ensure_synthetic
+from skinseg.paths import resolve
+from skinseg.runs import best_checkpoint, latest_run
+
+PANDAS_PRECISION = 4
+
+# 03_train's parameter defaults are Config's, overlaid with params/demo.yaml, overlaid with this: the notebook's own
+# run (nbval in `make test`) stays a short smoke run. Papermill runs with `-f params/demo.yaml` replace both keys.
+QUICK_TRAIN = {"epochs": 2, "image_size": 96}
+
+
+def setup() -> None:
+    """What every notebook starts with: inline figures under IPython, pandas at 4 decimals, no torch UserWarnings."""
+    pd.set_option("display.precision", PANDAS_PRECISION)
+    warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+    shell = get_ipython()
+    if shell is not None:  # None in plain Python: no figures to inline
+        shell.run_line_magic("matplotlib", "inline")
+
+
+def is_synthetic(data_root: str | os.PathLike | None) -> bool:
+    """True when no data root is named (None or empty): the embedded synthetic set is used."""
+    return data_root is None or str(data_root) == ""
+
+
+def resolve_data(data_root: str | os.PathLike | None) -> tuple[Path, bool]:
+    """(data root, whether it is the synthetic set); the synthetic set is generated once when none is named."""
+    if is_synthetic(data_root):
+        return ensure_synthetic(), True
+    return resolve(data_root), False
+
+
+def resolve_checkpoint(checkpoint: str | os.PathLike | None, output_dir: str | os.PathLike = "runs") -> Path:
+    """The given checkpoint, or else the best checkpoint of the newest run below ``output_dir``."""
+    path = resolve(checkpoint)
+    return path if path is not None else best_checkpoint(latest_run(output_dir))
