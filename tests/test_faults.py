@@ -336,7 +336,8 @@ def _every_checkpoint_loads(run_dir: Path) -> None:
 
 
 def _weights(path: Path) -> dict:
-    return load_checkpoint(path)["model"]
+    state = load_checkpoint(path)
+    return {**state["model"], **{f"train/{k}": v for k, v in (state["train_model"] or {}).items()}}
 
 
 def _same(a: dict, b: dict) -> bool:
@@ -366,8 +367,10 @@ def _resume_until_done(cfg: Config, out: Path, **first_kill) -> RunFolder:
 
 @pytest.fixture
 def reference(small_root, tmp_path, cache_root):
-    """An uninterrupted run in a child process (same thread count as the killed ones)."""
-    cfg = _cfg(small_root, tmp_path, epochs=4, lr=1e-2, output_dir=str(tmp_path / "reference"), run_name="x")
+    """An uninterrupted run in a child process (same thread count as the killed ones), with EMA, gradient
+    accumulation and warm-up: all of their state must survive a kill."""
+    cfg = _cfg(small_root, tmp_path, epochs=4, lr=1e-2, output_dir=str(tmp_path / "reference"), run_name="x",
+               ema=0.9, accumulate=2, warmup_epochs=1.0)
     assert _child(cfg) == 0
     run = RunFolder(latest_run(tmp_path / "reference"))
     return cfg, run

@@ -242,7 +242,12 @@ def test_sweep_recognises_a_run_made_before_a_config_key_existed(tmp_path):
     run.mkdir()
     old = {k: v for k, v in params.items() if k != "crop_size"}  # a config.yaml written before crop_size existed
     (run / "config.yaml").write_text(yaml.safe_dump(old))
-    (run / "best.pt").write_bytes(b"x")
-    (run / "metrics.csv").write_text("kind,epoch\nepoch,1\n")
+    from skinseg.checkpoint import save_checkpoint
+    from skinseg.runs import RunFolder
+
+    folder = RunFolder(run)
+    folder.best.write_bytes(b"x")
+    save_checkpoint({"epoch": 1}, folder.last)  # no end marker either: the final epoch in last.pt makes it done
+    folder.metrics_file.write_text("kind,epoch\nepoch,1\n")
     assert find_done(tmp_path, params) == run
     assert find_done(tmp_path, {**params, "crop_size": 64}) is None  # a new value of the new key is a new run

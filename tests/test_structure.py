@@ -1,0 +1,92 @@
+"""One home per concept: each list of choices is defined once and the code that dispatches on it covers exactly it;
+inference never imports training; the run folder's file names live in one module; models initialise themselves."""
+from __future__ import annotations
+
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from skinseg import choices
+
+PROJ = Path(__file__).resolve().parents[1]
+
+
+def test_models_losses_tta_optimizers_inits_resize_modes_are_the_choices():
+    from skinseg.data import cache
+    from skinseg.inference import TTA_FLIPS
+    from skinseg.losses import LOSS_FUNCTIONS
+    from skinseg.models import INIT_SCHEMES, MODELS
+    from skinseg.train.optim import _TIMM_OPT
+
+    assert tuple(MODELS) == choices.MODELS
+    assert tuple(LOSS_FUNCTIONS) == choices.LOSSES
+    assert tuple(TTA_FLIPS) == choices.TTA_MODES
+    assert tuple(_TIMM_OPT) == choices.OPTIMIZERS
+    assert INIT_SCHEMES is choices.INITS and cache.RESIZE_MODES is choices.RESIZE_MODES
+
+
+@pytest.mark.parametrize("scheduler", choices.SCHEDULERS)
+def test_every_scheduler_choice_builds(scheduler):
+    from skinseg.config import Config
+    from skinseg.train.optim import Schedule
+
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    schedule = Schedule(Config(scheduler=scheduler, epochs=2), opt, 3)
+    schedule.after_batch()
+    schedule.after_epoch(0.5)
+    assert opt.param_groups[0]["lr"] > 0
+
+
+def test_the_command_line_offers_the_same_choices():
+    from skinseg.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for command in ("evaluate", "predict", "ensemble"):
+        tta = next(a for a in sub.choices[command]._actions if a.dest == "tta")
+        assert tuple(tta.choices) == choices.TTA_MODES
+    mode = next(a for a in sub.choices["cache"]._actions if a.dest == "resize_mode")
+    assert tuple(mode.choices) == choices.RESIZE_MODES
+
+
+def test_inference_and_the_command_line_do_not_import_training():
+    code = ("import sys, skinseg.cli, skinseg.evaluation, skinseg.predictions, skinseg.widgets, skinseg.checkpoint, "
+            "skinseg.ensemble, skinseg.notebook; print(sorted(m for m in sys.modules if m.startswith('skinseg.train')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJ,
+                         env={"NO_ALBUMENTATIONS_UPDATE": "1", "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_run_folder_file_names_appear_in_one_module():
+    from skinseg import runs
+
+    names = [runs.CONFIG_FILE, runs.METRICS_FILE, runs.BEST_CHECKPOINT, runs.LAST_CHECKPOINT, runs.END_MARKER]
+    sources = [*(PROJ / "skinseg").rglob("*.py"), *(PROJ / "notebooks").glob("*.ipynb"),
+               *(PROJ / "benchmarks").glob("*")]
+    where = {}
+    for path in sources:
+        text = path.read_text()
+        for name in names:
+            if re.search(rf"[\"']{re.escape(name)}[\"']", text):
+                where.setdefault(name, set()).add(path.relative_to(PROJ).as_posix())
+    assert where == {name: {"skinseg/runs.py"} for name in names}
+
+
+@pytest.mark.parametrize("name", choices.MODELS)
+def test_a_model_class_and_create_model_start_the_same(name):
+    from skinseg.models import MODELS, create_model
+
+    options = {"encoder": "convnext_atto"} if name == "unet-convnext-attention" else {"base_channels": 8}
+    direct = MODELS[name](3, 5, **options)
+    built = create_model(name, **options)
+    prior = math.log(0.05 / 0.95)
+    torch.testing.assert_close(direct.segmentation_head.bias, torch.full((5,), prior))
+    torch.testing.assert_close(built.segmentation_head.bias, torch.full((5,), prior))
+    untouched = MODELS[name](3, 5, init="none", **options)
+    assert not torch.allclose(untouched.segmentation_head.bias, torch.full((5,), prior))
