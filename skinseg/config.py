@@ -213,12 +213,22 @@ def read_params(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        raise ConfigError(f"{path}: not valid YAML: {yaml_problem(e)}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot be read ({e})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys to values at the top level")
     return data
+
+
+def yaml_problem(e: yaml.YAMLError) -> str:
+    """One line: what PyYAML found wrong and where (its own message spans several lines)."""
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    mark = getattr(e, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    if "python/" in problem:
+        problem += "; Python tags (!!python/...) are never read"
+    return f"{problem}{where}"
 
 
 def _did_you_mean(name: str, valid: list[str] | tuple[str, ...]) -> str:
@@ -294,7 +304,7 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
         try:
             out[key.strip()] = yaml.safe_load(raw)
         except yaml.YAMLError as e:
-            problem = str(e).splitlines()[0]
+            problem = yaml_problem(e)
             raise ConfigError(f"--set {item!r}: the value is not valid YAML ({problem}); quote it, "
                               f"e.g. --set '{key.strip()}=\"...\"'") from None
     return out

@@ -608,3 +608,54 @@ def test_two_files_for_one_image_id_are_an_error(tmp_path):
     (img_dir / "ISIC_0000001.JPG").write_bytes((img_dir / "ISIC_0000001.jpg").read_bytes())
     with pytest.raises(DataError, match="two files for ISIC_0000001"):
         get_split(root, "train")
+
+
+# ---- what held before: kept tested ---------------------------------------------------------------
+def test_an_empty_jpeg_and_a_16_bit_mask_name_their_files(tiny_root, cache_root):
+    split = get_split(tiny_root, "train")
+    split.image_path(split.ids[0]).write_bytes(b"")
+    with pytest.raises(DataError, match=f"{split.ids[0]}.jpg is corrupt or truncated"):
+        build_cache(split, size=32, progress=False)
+    write_split(tiny_root, "train", [(64, 48)], seed=1)  # restore the image
+    mask = split.mask_path(split.ids[0], ATTRIBUTES[0])
+    Image.fromarray(np.full((48, 64), 65535, np.uint16)).save(mask)
+    with pytest.raises(DataError, match=f"{mask.name} has mode I;16"):
+        build_cache(get_split(tiny_root, "train"), size=32, progress=False)
+
+
+def test_non_ascii_paths_and_symlinked_data_roots_train(tmp_path, cache_root):
+    root = tmp_path / "données ISIC — 2018"
+    write_split(root, "train", [(40, 32)] * 4, seed=1)
+    write_split(root, "val", [(40, 32)] * 2, seed=2, first_id=100)
+    link = tmp_path / "link"
+    link.symlink_to(root, target_is_directory=True)
+    summary = _train(_cfg(link, tmp_path / "sortie ü", epochs=1))
+    assert RunFolder(summary["run_dir"]).is_complete()
+
+
+def test_python_tags_in_yaml_are_refused(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("epochs: !!python/object/apply:os.system ['echo pwned']\n")
+    assert "not valid YAML" in _one_line_error(capsys, ["train", "--config", str(cfg)])
+
+
+def test_two_concurrent_cache_builds_of_one_split_agree(tiny_root, cache_root):
+    from concurrent.futures import ThreadPoolExecutor
+
+    split = get_split(tiny_root, "train")
+    with ThreadPoolExecutor(2) as pool:
+        a, b = pool.map(lambda _: build_cache(split, size=32, progress=False, workers=1), range(2))
+    assert a.path == b.path and np.array_equal(a.images, b.images)
+    assert not [p for p in cache_root.iterdir() if ".tmp-" in p.name]
+
+
+@pytest.mark.slow
+def test_two_trainings_into_one_output_folder_get_a_folder_each(small_root, tmp_path, cache_root):
+    cfg = _cfg(small_root, tmp_path, epochs=1, run_name="same")
+    env = {**os.environ, "PYTHONPATH": str(PROJ)}
+    procs = [subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(cfg.to_dict()), "null"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-1000:] for o in outs]
+    dirs = {json.loads(o[0].strip().splitlines()[-1])["run_dir"] for o in outs}
+    assert len(dirs) == 2 and all(RunFolder(d).is_complete() for d in dirs)

@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -260,14 +261,14 @@ def build_cache(split: Split, size: int = 256, mode: str = "stretch", root: Path
     if not split.ids:
         raise DataError(f"split {split.name!r} in {split.image_dir} holds no ISIC_<7 digits>.jpg images")
     ensure_writable(root, "the cache folder", "set SKINSEG_CACHE_DIR to a writable folder")
-    _remove_stale(root, prefix)
+    _remove_stale(root, prefix, keep=final.name)
     needed = cache_bytes(len(split.ids), size, split.has_masks)
     free = shutil.disk_usage(root).free
     if free < needed + _SPARE_BYTES:
         raise DiskFullError(f"not enough disk space to cache split {split.name!r} at {size} px: "
                             f"{space_message(root, needed + _SPARE_BYTES)}. Free space, or set SKINSEG_CACHE_DIR "
                             "to a folder on a larger disk")
-    tmp = root / f".{final.name}.tmp-{os.getpid()}"
+    tmp = root / f".{final.name}-t{threading.get_native_id()}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
@@ -291,12 +292,13 @@ def cache_bytes(n: int, size: int, with_masks: bool) -> int:
     return n * size * size * 3 + (n * len(ATTRIBUTES) * size * (size // 8) if with_masks else 0) + 4096
 
 
-def _remove_stale(root: Path, prefix: str) -> None:
+def _remove_stale(root: Path, prefix: str, keep: str) -> None:
     """Drop older caches of the same source, split, size and mode (its files changed), and leftovers of dead
     builds of any cache in ``root``. Caches of other sources are never touched; an open SplitCache of a
     removed folder keeps reading its mapped arrays."""
     for p in root.glob(f"{prefix}-*"):
-        shutil.rmtree(p, ignore_errors=True)
+        if p.name != keep:  # a concurrent build of the same files may have just finished it
+            shutil.rmtree(p, ignore_errors=True)
     for p in root.glob(".*.tmp-*"):
         pid = p.name.rsplit("-", 1)[-1]
         if not pid.isdigit() or not _pid_alive(int(pid)):
