@@ -53,6 +53,15 @@ def tiny_root(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def small_root(tmp_path: Path) -> Path:
+    """train (6 images, 48x40 and 40x48) and val (2) with masks: enough for a few training steps."""
+    root = tmp_path / "isic"
+    write_split(root, "train", [(48, 40)] * 4 + [(40, 48)] * 2, seed=1)
+    write_split(root, "val", [(48, 40), (56, 42)], seed=2, first_id=100)
+    return root
+
+
+@pytest.fixture
 def cache_root(tmp_path: Path, monkeypatch) -> Path:
     path = tmp_path / "cache"
     monkeypatch.setenv("SKINSEG_CACHE_DIR", str(path))

@@ -1,6 +1,5 @@
 import json
 import os
-import warnings
 
 import numpy as np
 import torch

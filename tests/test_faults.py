@@ -37,14 +37,6 @@ from skinseg.runs import RunFolder, latest_run
 PROJ = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def small_root(tmp_path):
-    root = tmp_path / "isic"
-    write_split(root, "train", [(48, 40)] * 4 + [(40, 48)] * 2, seed=1)
-    write_split(root, "val", [(48, 40), (56, 42)], seed=2, first_id=100)
-    return root
-
-
 def _cfg(root, tmp_path, **kw) -> Config:
     base = dict(data_root=str(root), image_size=32, batch_size=2, epochs=2, base_channels=8, model="unet",
                 output_dir=str(tmp_path / "runs"), optimizer="adam", lr=3e-3, scheduler="cosine")

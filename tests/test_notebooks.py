@@ -1,6 +1,5 @@
 """Notebooks and params: one parameters cell each, stored clean, params YAMLs that papermill can use."""
 import ast
-import json
 import re
 import warnings
 

@@ -14,15 +14,6 @@ from skinseg.train import TrainingError, train
 from skinseg.checkpoint import load_checkpoint
 from skinseg.errors import CheckpointError
 
-from conftest import write_split
-
-
-@pytest.fixture
-def small_root(tmp_path):
-    root = tmp_path / "isic"
-    write_split(root, "train", [(48, 40)] * 4 + [(40, 48)] * 2, seed=1)
-    write_split(root, "val", [(48, 40), (56, 42)], seed=2, first_id=100)
-    return root
 
 
 def _cfg(root, tmp_path, **kw):

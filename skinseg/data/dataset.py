@@ -1,7 +1,6 @@
 """Torch datasets over the preprocessing cache, the seeded dev hold-out, and the DataLoader factory."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import torch

@@ -1,7 +1,6 @@
 """U-Net (Ronneberger et al., 2015), trained from scratch."""
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from skinseg.models.base import SegmentationModel
