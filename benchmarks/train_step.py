@@ -1,7 +1,10 @@
 """Seconds per training step and images/s per model at 256 px, batch 8: fp32 vs bf16 autocast, channels_last
-on/off, on the CPU here and on a GPU when one is visible (bf16 and fp16 there).
+on/off, on the CPU here and on a GPU when one is visible (bf16 and fp16 there). The last column says what skinseg
+runs for `amp: bf16` (``skinseg.runtime.amp_for_model``): on a CPU, fp32 wherever bf16 is slower.
 
     .venv/bin/python benchmarks/train_step.py [--steps 3] [--batch 8] [--size 256] [--models unet,...]
+
+A model is a registry name, optionally with an encoder: ``unet-convnext-attention:tf_efficientnet_lite0``.
 """
 from __future__ import annotations
 
@@ -17,13 +20,19 @@ import torch  # noqa: E402
 from skinseg.config import Config  # noqa: E402
 from skinseg.losses import CombinedLoss  # noqa: E402
 from skinseg.models import MODEL_NAMES, create_model  # noqa: E402
+from skinseg.runtime import amp_for_model  # noqa: E402
 from skinseg.train.optim import build_optimizer  # noqa: E402
+
+
+def build(spec: str) -> torch.nn.Module:
+    name, _, encoder = spec.partition(":")
+    return create_model(name, **({"encoder": encoder} if encoder else {}))
 
 
 def step_time(name: str, device: torch.device, dtype, channels_last: bool, batch: int, size: int,
               steps: int) -> float:
     torch.manual_seed(0)
-    model = create_model(name).to(device)
+    model = build(name).to(device)
     x = torch.randn(batch, 3, size, size, device=device)
     y = (torch.rand(batch, 5, size, size, device=device) > 0.9).float()
     if channels_last:
@@ -56,7 +65,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--size", type=int, default=256)
-    p.add_argument("--models", default=",".join(MODEL_NAMES))
+    p.add_argument("--models", default=",".join([*MODEL_NAMES, "unet-convnext-attention:tf_efficientnet_lite0"]))
+    p.add_argument("--channels-last", default="both", choices=("both", "on", "off"))
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     args = p.parse_args()
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
@@ -70,12 +80,15 @@ def main() -> None:
         label = f"CPU, {torch.get_num_threads()} threads"
     print(f"train step (forward + loss + backward + AdamW), {args.size} px, batch {args.batch}, {label}, "
           f"median of {args.steps}")
-    print(f"{'model':26s} {'precision':9s} {'channels_last':13s} {'s/step':>8s} {'images/s':>9s}")
+    print(f"{'model':48s} {'precision':9s} {'channels_last':13s} {'s/step':>8s} {'images/s':>9s}  amp: bf16 runs")
+    layouts = {"both": (False, True), "on": (True,), "off": (False,)}[args.channels_last]
     for name in args.models.split(","):
+        chosen, _ = amp_for_model(torch.bfloat16, device, build(name))
+        runs = "bf16" if chosen == torch.bfloat16 else "fp32"
         for mode, dtype in modes:
-            for cl in (False, True):
+            for cl in layouts:
                 t = step_time(name, device, dtype, cl, args.batch, args.size, args.steps)
-                print(f"{name:26s} {mode:9s} {str(cl):13s} {t:8.3f} {args.batch / t:9.1f}", flush=True)
+                print(f"{name:48s} {mode:9s} {str(cl):13s} {t:8.3f} {args.batch / t:9.1f}  {runs}", flush=True)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import torch
 
 from skinseg.config import Config
 from skinseg.errors import CheckpointError, DiskFullError, space_message
-from skinseg.runtime import pick_amp, pick_device
+from skinseg.runtime import amp_for_model, pick_amp, pick_device
 
 FORMAT = "skinseg-checkpoint-v1"
 ENSEMBLE_KIND = "ensemble"
@@ -219,5 +219,5 @@ def ready_for_inference(model: torch.nn.Module, cfg: Config, device: str):
     model = model.to(dev).eval()
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    amp_dtype, _ = pick_amp(cfg.amp, dev)
+    amp_dtype, _ = amp_for_model(pick_amp(cfg.amp, dev)[0], dev, model)
     return model, dev, amp_dtype

@@ -19,6 +19,8 @@ from skinseg.choices import (AMP_MODES, DEVICES, INITS, LOSSES, MODELS, OPTIMIZE
 from skinseg.errors import ConfigError
 
 N_ATTRIBUTES = 5  # the ISIC 2018 Task 2 attributes (skinseg.data.isic.ATTRIBUTES)
+ISIC_MEAN = (0.708, 0.582, 0.536)  # ISIC 2018 train, `skinseg stats`
+ISIC_STD = (0.156, 0.164, 0.179)
 
 
 def _choice(*choices: str, default: str) -> Any:
@@ -61,12 +63,14 @@ class Config:
     brightness: float = 0.1
     contrast: float = 0.1
     hue: float = 0.03
-    mean: tuple[float, float, float] = (0.708, 0.582, 0.536)  # ISIC 2018 train, `skinseg stats`
-    std: tuple[float, float, float] = (0.156, 0.164, 0.179)
+    # null: the pretrained encoder's normalization when `pretrained`, else ISIC_MEAN / ISIC_STD (see normalization())
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
     # optimisation
     epochs: int = 10
     batch_size: int = 8
     lr: float = 1e-3
+    encoder_lr_mult: float = 1.0  # the pretrained encoder's lr is encoder_lr_mult x lr
     optimizer: str = _choice(*OPTIMIZERS, default="adamw")
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -145,6 +149,27 @@ class Config:
 
     # ---- validation -----------------------------------------------------------------
     @property
+    def uses_pretrained_encoder(self) -> bool:
+        return self.model == "unet-convnext-attention" and (self.pretrained or self.pretrained_path is not None)
+
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std) of the input: the config's, else the pretrained encoder's (timm's pretrained_cfg, read
+        without the network), else the ISIC 2018 train statistics."""
+        mean, std = ISIC_MEAN, ISIC_STD
+        if (self.mean is None or self.std is None) and self.uses_pretrained_encoder:
+            import timm
+
+            pretrained_cfg = timm.get_pretrained_cfg(self.encoder)
+            if pretrained_cfg is not None:
+                mean, std = tuple(pretrained_cfg.mean), tuple(pretrained_cfg.std)
+        return (tuple(self.mean) if self.mean is not None else mean), (tuple(self.std) if self.std is not None else std)
+
+    def resolved(self) -> "Config":
+        """This config with its normalization written out, as a run stores it (config.yaml and checkpoints)."""
+        mean, std = self.normalization()
+        return dataclasses.replace(self, mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std))
+
+    @property
     def holdout_seed(self) -> int:
         """The seed that picks the dev hold-out: ``dev_seed``, else ``seed``."""
         return self.seed if self.dev_seed is None else self.dev_seed
@@ -198,8 +223,12 @@ class Config:
             if value is not None and len(value) != self.classes:
                 raise ConfigError(f"{name}: needs one value per attribute ({self.classes}), got {len(value)}")
         for name in ("mean", "std"):
-            if len(getattr(self, name)) != 3:
-                raise ConfigError(f"{name}: needs three values (R, G, B)")
+            if getattr(self, name) is not None and len(getattr(self, name)) != 3:
+                raise ConfigError(f"{name}: needs three values (R, G, B), or null for the default")
+        if self.std is not None and min(self.std) <= 0:
+            raise ConfigError(f"std: every value must be > 0, got {list(self.std)}")
+        if self.encoder_lr_mult <= 0:
+            raise ConfigError(f"encoder_lr_mult: must be > 0, got {self.encoder_lr_mult}")
         if self.dev_fraction == 0.0 and "dev" in (self.train_split, self.val_split):
             raise ConfigError("val_split/train_split 'dev' needs dev_fraction > 0 (e.g. 0.15)")
 

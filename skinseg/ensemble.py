@@ -54,7 +54,7 @@ def ensemble_config(configs: list[Config], tune_split: str) -> Config:
         raise ConfigError("an ensemble needs at least two checkpoints")
     first = configs[0]
     for name in ("classes", "resize_mode", "mean", "std"):
-        values = {str(getattr(c, name)) for c in configs}
+        values = {str(getattr(c.resolved(), name)) for c in configs}
         if len(values) > 1:
             raise ConfigError(f"ensemble members differ in {name} ({', '.join(sorted(values))}); "
                               "combine checkpoints trained with the same value")

@@ -65,6 +65,33 @@ def pick_amp(mode: str, device: torch.device) -> tuple[torch.dtype | None, bool]
     return torch.float16, True
 
 
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slow."""
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check is not None and check() for check in checks)
+
+
+def has_depthwise_convolutions(model: torch.nn.Module) -> bool:
+    """EfficientNet and ConvNeXt encoders: depthwise convolutions, which bf16 autocast slows down on CPUs."""
+    return any(isinstance(m, torch.nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels for m in model.modules())
+
+
+def amp_for_model(amp_dtype: torch.dtype | None, device: torch.device,
+                  model: torch.nn.Module) -> tuple[torch.dtype | None, str | None]:
+    """The autocast dtype to use for ``model`` (and why it differs from ``amp_dtype``, else None).
+
+    On a CPU bf16 is kept only where it is faster (``benchmarks/train_step.py``): a CPU with native bf16 and a
+    model without depthwise convolutions. Elsewhere it was 4-12x slower than fp32, so the model runs in fp32.
+    """
+    if device.type != "cpu" or amp_dtype != torch.bfloat16:
+        return amp_dtype, None
+    if not cpu_has_native_bf16():
+        return None, "amp: bf16 -> fp32 (this CPU has no native bf16: AVX512-BF16 or AMX; bf16 would be slower)"
+    if has_depthwise_convolutions(model):
+        return None, "amp: bf16 -> fp32 (depthwise convolutions run several times slower in bf16 on a CPU)"
+    return amp_dtype, None
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

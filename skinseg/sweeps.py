@@ -47,13 +47,17 @@ def find_done(run_root: Path, params: dict[str, Any]) -> Path | None:
     """A complete run below ``run_root`` trained with the same config (up to output/naming keys)."""
     if not run_root.exists():
         return None
+    params = Config.from_dict(params).resolved().to_dict()  # runs store their resolved normalization
     wanted = {k: v for k, v in params.items() if k not in IGNORED_WHEN_COMPARING}
     for path in sorted(run_root.iterdir(), reverse=True):
         run = RunFolder(path)
         if not run.is_complete():
             continue
         # keys added to Config after the run was made take their defaults
-        have = {**Config().to_dict(), **run.config()}
+        try:
+            have = Config.from_dict({**Config().to_dict(), **run.config()}).resolved().to_dict()
+        except ConfigError:  # a run made by another version of skinseg
+            continue
         if {k: v for k, v in have.items() if k not in IGNORED_WHEN_COMPARING} == wanted:
             return path
     return None

@@ -11,7 +11,10 @@ def test_defaults_are_valid_and_round_trip_through_yaml(tmp_path):
     again = Config.from_yaml(path)
     assert again == cfg
     assert again.loss == {"bce": 1.0, "dice": 1.0}
-    assert again.mean == cfg.mean and isinstance(again.mean, tuple)
+    assert again.mean is None  # null: decided by normalization()
+    resolved = Config(mean=[0.1, 0.2, 0.3], std=[1, 1, 1])
+    resolved.to_yaml(path)
+    assert Config.from_yaml(path).mean == (0.1, 0.2, 0.3) and isinstance(Config.from_yaml(path).mean, tuple)
 
 
 def test_unknown_key_names_it_and_the_closest_valid_key(tmp_path):

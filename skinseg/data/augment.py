@@ -13,8 +13,9 @@ from skinseg.config import Config  # noqa: E402
 
 
 def eval_transform(cfg: Config) -> A.Compose:
-    """Normalization with the configured mean/std, then CHW tensors (masks too)."""
-    return A.Compose([A.Normalize(mean=cfg.mean, std=cfg.std), ToTensorV2(transpose_mask=True)])
+    """Normalization (:meth:`Config.normalization`), then CHW tensors (masks too)."""
+    mean, std = cfg.normalization()
+    return A.Compose([A.Normalize(mean=mean, std=std), ToTensorV2(transpose_mask=True)])
 
 
 def train_transform(cfg: Config) -> A.Compose:
@@ -43,4 +44,5 @@ def train_transform(cfg: Config) -> A.Compose:
             A.ColorJitter(brightness=cfg.brightness, contrast=cfg.contrast, saturation=0.0, hue=cfg.hue,
                           p=cfg.aug_color_p)
         )
-    return A.Compose(steps + [A.Normalize(mean=cfg.mean, std=cfg.std), ToTensorV2(transpose_mask=True)])
+    mean, std = cfg.normalization()
+    return A.Compose(steps + [A.Normalize(mean=mean, std=std), ToTensorV2(transpose_mask=True)])

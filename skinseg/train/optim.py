@@ -19,9 +19,26 @@ _TIMM_OPT = {"adam": "adam", "adamw": "adamw", "sgd": "momentum", "rmsprop": "rm
 
 
 def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """timm's optimizer (no weight decay on biases and norms); with ``encoder_lr_mult`` != 1 the encoder's
+    parameters get ``encoder_lr_mult * lr``."""
     kwargs = {"momentum": cfg.momentum} if cfg.optimizer in ("sgd", "rmsprop") else {}
-    return create_optimizer_v2(model, opt=_TIMM_OPT[cfg.optimizer], lr=cfg.lr, weight_decay=cfg.weight_decay,
+    params = model
+    if cfg.encoder_lr_mult != 1.0 and hasattr(model, "encoder_parameters"):
+        encoder = {id(p) for p in model.encoder_parameters()}
+        named = list(model.named_parameters())
+        params = (_decay_groups([(n, p) for n, p in named if id(p) in encoder], cfg.weight_decay,
+                                cfg.lr * cfg.encoder_lr_mult)
+                  + _decay_groups([(n, p) for n, p in named if id(p) not in encoder], cfg.weight_decay, cfg.lr))
+    return create_optimizer_v2(params, opt=_TIMM_OPT[cfg.optimizer], lr=cfg.lr, weight_decay=cfg.weight_decay,
                                **kwargs)
+
+
+def _decay_groups(named, weight_decay: float, lr: float) -> list[dict]:
+    """timm's rule (no decay on 1-d parameters and biases), at one learning rate."""
+    no_decay = [p for n, p in named if p.ndim <= 1 or n.endswith(".bias")]
+    decay = [p for n, p in named if not (p.ndim <= 1 or n.endswith(".bias"))]
+    return [g for g in ({"params": no_decay, "weight_decay": 0.0, "lr": lr},
+                        {"params": decay, "weight_decay": weight_decay, "lr": lr}) if g["params"]]
 
 
 class Schedule:
@@ -35,7 +52,8 @@ class Schedule:
         t_max = (cfg.t_max or cfg.epochs) * spe
         main: lr_scheduler.LRScheduler | None
         if cfg.scheduler == "onecycle":
-            main = lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total)
+            main = lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
+                                           total_steps=total)
         elif cfg.scheduler == "cosine":
             main = lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, t_max - warm), eta_min=cfg.eta_min)
         elif cfg.scheduler == "cosine_restart":
