@@ -31,6 +31,8 @@ METRICS_FILE = "metrics.csv"
 BEST_CHECKPOINT = "best.pt"
 LAST_CHECKPOINT = "last.pt"
 END_MARKER = "done.json"
+# keys that do not change what a run learns: runs differing only in these are the same run
+IGNORED_WHEN_COMPARING = ("output_dir", "run_name", "load", "num_workers")
 CSV_COLUMNS = (
     ["kind", "epoch", "step", "time", "loss", "lr", "train_loss", "val_loss", "epoch_seconds", "images_per_s"]
     + [f"val_jaccard_{a}" for a in ATTRIBUTES] + [f"val_dice_{a}" for a in ATTRIBUTES]
@@ -232,6 +234,30 @@ def latest_run(output_dir: str | Path = "runs", with_checkpoint: bool = True) ->
     return max(runs, key=lambda p: (p.name, p.stat().st_mtime))
 
 
+def find_complete_run(output_dir: str | Path, params: dict[str, Any]) -> Path | None:
+    """The newest complete run directly below ``output_dir`` trained with the same config as ``params`` (up to
+    :data:`IGNORED_WHEN_COMPARING`; config keys added after a run was made take their defaults)."""
+    from skinseg.config import Config
+    from skinseg.errors import ConfigError
+
+    root = Path(output_dir)
+    if not root.exists():
+        return None
+    wanted = Config.from_dict(params).resolved().to_dict()  # runs store their resolved normalization
+    wanted = {k: v for k, v in wanted.items() if k not in IGNORED_WHEN_COMPARING}
+    for path in sorted((p for p in root.iterdir() if p.is_dir()), reverse=True):
+        run = RunFolder(path)
+        if not run.is_complete():
+            continue
+        try:
+            have = Config.from_dict({**Config().to_dict(), **run.config()}).resolved().to_dict()
+        except ConfigError:  # a run made by another version of skinseg
+            continue
+        if {k: v for k, v in have.items() if k not in IGNORED_WHEN_COMPARING} == wanted:
+            return path
+    return None
+
+
 def run_summary(run_dir: str | Path) -> dict:
     """Best validation scores of a run (by tuned overall Jaccard when tuned, else at 0.5) and time per epoch."""
     folder = RunFolder(run_dir)
@@ -248,6 +274,6 @@ def run_summary(run_dir: str | Path) -> dict:
     return row
 
 
-__all__ = ["BEST_CHECKPOINT", "CONFIG_FILE", "CSV_COLUMNS", "END_MARKER", "LAST_CHECKPOINT",
+__all__ = ["BEST_CHECKPOINT", "CONFIG_FILE", "CSV_COLUMNS", "END_MARKER", "IGNORED_WHEN_COMPARING", "find_complete_run", "LAST_CHECKPOINT",
            "METRICS_FILE", "RunFolder", "best_checkpoint", "find_runs", "is_complete", "last_checkpoint",
            "latest_run", "read_config", "read_metrics", "run_summary", "write_atomic"]

@@ -14,9 +14,8 @@ from tqdm.auto import tqdm
 from skinseg.config import Config, read_params
 from skinseg.errors import ConfigError
 from skinseg.paths import NOTEBOOKS_DIR, PARAMS_DIR, REPORTS_DIR, resolve
-from skinseg.runs import RunFolder, read_metrics, run_summary
+from skinseg.runs import RunFolder, find_complete_run, read_metrics, run_summary
 
-IGNORED_WHEN_COMPARING = ("output_dir", "run_name", "load", "num_workers")
 
 
 def sweep_files(name: str) -> list[Path]:
@@ -45,22 +44,7 @@ def run_parameters(base: dict, sweep_file: Path, overrides: dict | None, out_dir
 
 def find_done(run_root: Path, params: dict[str, Any]) -> Path | None:
     """A complete run below ``run_root`` trained with the same config (up to output/naming keys)."""
-    if not run_root.exists():
-        return None
-    params = Config.from_dict(params).resolved().to_dict()  # runs store their resolved normalization
-    wanted = {k: v for k, v in params.items() if k not in IGNORED_WHEN_COMPARING}
-    for path in sorted(run_root.iterdir(), reverse=True):
-        run = RunFolder(path)
-        if not run.is_complete():
-            continue
-        # keys added to Config after the run was made take their defaults
-        try:
-            have = Config.from_dict({**Config().to_dict(), **run.config()}).resolved().to_dict()
-        except ConfigError:  # a run made by another version of skinseg
-            continue
-        if {k: v for k, v in have.items() if k not in IGNORED_WHEN_COMPARING} == wanted:
-            return path
-    return None
+    return find_complete_run(run_root, params)
 
 
 def run_sweep(name: str, base: str | Path | None = "params/demo.yaml", overrides: dict | None = None,

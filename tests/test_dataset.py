@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from skinseg.config import Config
@@ -18,7 +19,9 @@ def test_eval_samples_are_normalized_tensors_with_ids(tiny_root, cache_root):
     assert s["mask"].shape == (5, 32, 32) and s["mask"].dtype == torch.float32
     assert set(s["mask"].unique().tolist()) <= {0.0, 1.0} and s["mask"][0].sum() == 64
     raw = ds.cache.images[0].astype(np.float32) / 255
-    expected = (raw[..., 0] - cfg.mean[0]) / cfg.std[0]
+    mean, std = cfg.normalization()  # from scratch: the ISIC statistics
+    assert mean[0] == pytest.approx(0.708)
+    expected = (raw[..., 0] - mean[0]) / std[0]
     np.testing.assert_allclose(s["image"][0].numpy(), expected, atol=1e-5)
 
 

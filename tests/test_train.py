@@ -311,3 +311,16 @@ def test_worker_processes_give_the_same_batches(small_root, tmp_path, cache_root
         assert a["id"] == b["id"]
         torch.testing.assert_close(a["image"], b["image"])
         torch.testing.assert_close(a["mask"], b["mask"])
+
+
+def test_train_or_reuse_reuses_a_finished_run_of_the_same_config_only(small_root, tmp_path, cache_root, capsys):
+    from skinseg.train import train_or_reuse
+
+    first = train(_cfg(small_root, tmp_path, epochs=1), progress=False)
+    again = train_or_reuse(_cfg(small_root, tmp_path, epochs=1, run_name="other name", num_workers=0))
+    assert again["reused"] and again["run_dir"] == first["run_dir"]
+    assert "reusing the finished run" in capsys.readouterr().out
+    for key in ("best_epoch", "best_score", "thresholds", "gates", "epochs_run"):
+        assert again[key] == first[key], key
+    changed = train_or_reuse(_cfg(small_root, tmp_path, epochs=1, lr=1e-2), progress=False)
+    assert "reused" not in changed and changed["run_dir"] != first["run_dir"]

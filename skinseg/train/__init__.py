@@ -1,4 +1,4 @@
 """Training: optimizers and schedulers, checkpoints, the trainer loop, distributed helpers."""
-from skinseg.train.loop import TrainingError, train
+from skinseg.train.loop import TrainingError, train, train_or_reuse
 
-__all__ = ["train", "TrainingError"]
+__all__ = ["train", "train_or_reuse", "TrainingError"]

@@ -25,7 +25,7 @@ from skinseg.inference import GATE_CUTOFFS, NonFiniteOutputError, OriginalMasks,
 from skinseg.losses import CombinedLoss
 from skinseg.models import model_from_config
 from skinseg.paths import resolve
-from skinseg.runs import RunFolder
+from skinseg.runs import RunFolder, find_complete_run
 from skinseg.runtime import Runtime, amp_for_model, autocast, cleanup, seed_everything, setup_runtime
 from skinseg.train.optim import Schedule, build_optimizer
 
@@ -301,3 +301,22 @@ def _check_has_positives(dataset) -> None:
 def train(cfg: Config, progress: bool = True) -> dict[str, Any]:
     """Train one config and return the summary (run folder, best epoch and score, tuned thresholds)."""
     return Trainer(cfg, progress=progress).fit()
+
+
+def train_or_reuse(cfg: Config, progress: bool = True) -> dict[str, Any]:
+    """The summary of a finished run of this very config below ``output_dir`` (saying so), else :func:`train`.
+
+    Training is seeded, so a finished run is what training again would give; `skinseg report` and
+    notebook 03 rebuild figures from it instead of retraining. Delete the run (or change output_dir) to retrain.
+    """
+    if not cfg.load:
+        done = find_complete_run(resolve(cfg.output_dir), cfg.to_dict())
+        if done is not None:
+            if progress:
+                print(f"reusing the finished run {done} (same config): not training again; delete it or change "
+                      "output_dir to retrain", flush=True)
+            state = load_checkpoint(RunFolder(done).last)
+            return {"run_dir": str(done), "best_epoch": state["best"]["epoch"], "best_score": state["best"]["score"],
+                    "thresholds": state["thresholds"], "gates": state["gates"], "epochs_run": state["epoch"],
+                    "history": state["history"], "reused": True}
+    return train(cfg, progress)
