@@ -13,7 +13,6 @@ import torch
 from PIL import Image
 
 from skinseg.config import ISIC_MEAN, Config
-from skinseg.errors import EnvironmentProblem
 from skinseg.models import create_model
 from skinseg.models import weights as W
 
