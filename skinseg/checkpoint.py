@@ -13,7 +13,6 @@ the previous file whole.
 from __future__ import annotations
 
 import io
-import os
 import pickle
 import random
 import zipfile
@@ -24,12 +23,12 @@ import numpy as np
 import torch
 
 from skinseg.config import Config
-from skinseg.errors import CheckpointError, DiskFullError, space_message
+from skinseg.errors import CheckpointError, DiskFullError
+from skinseg.files import ensure_space, is_disk_full, space_message, write_atomic
 from skinseg.runtime import amp_for_model, pick_amp, pick_device
 
 FORMAT = "skinseg-checkpoint-v1"
 ENSEMBLE_KIND = "ensemble"
-_SPARE_BYTES = 2**20
 
 
 # ---- writing ------------------------------------------------------------------------------
@@ -40,31 +39,16 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     buffer = io.BytesIO()
     torch.save({"format": FORMAT, **state}, buffer)
     data = buffer.getbuffer()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    full = (f"disk full while writing checkpoint {path} ({space_message(path.parent, len(data))}); the previous "
+            f"{path.name} is kept. Free space, then resume the run from its last checkpoint (config key `load`)")
     try:
-        _check_space(path, len(data))
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        ensure_space(path.parent, len(data), "disk full", "")
+        write_atomic(path, data, fsync=True)
     except OSError as e:
-        if isinstance(e, DiskFullError) or e.errno in (28, 122):  # ENOSPC, EDQUOT
-            raise DiskFullError(f"disk full while writing checkpoint {path} ({space_message(path.parent, len(data))}); "
-                                f"the previous {path.name} is kept. Free space, then resume the run from its last "
-                                "checkpoint (config key `load`)") from None
+        if is_disk_full(e):
+            raise DiskFullError(full) from None
         raise CheckpointError(f"could not write checkpoint {path}: {e.strerror or e}; the previous file is kept") from None
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
-
-
-def _check_space(path: Path, nbytes: int) -> None:
-    import shutil
-
-    free = shutil.disk_usage(path.parent).free
-    if free < nbytes + _SPARE_BYTES:
-        raise DiskFullError(28, "No space left on device")
 
 
 # ---- reading ------------------------------------------------------------------------------
@@ -144,8 +128,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((py[0], tuple(py[1]), py[2]))
 
 
-def repair_best(last: Path, best: Path, last_state: dict[str, Any]) -> bool:
-    """Make ``best`` hold the epoch that ``last`` records as best, when a kill came between the two writes.
+def repair_best(best: Path, last_state: dict[str, Any]) -> bool:
+    """Make ``best`` hold the epoch that last.pt (``last_state``) records as best, when a kill came between the
+    two writes.
 
     The trainer writes last.pt, then best.pt when the score improved: both hold the same state then. A kill
     between the writes leaves last.pt naming the new best epoch while best.pt holds an older one; since that

@@ -68,7 +68,7 @@ def _json_target(path: str | None) -> Path | None:
     """Check that a --json file can be written before the work that fills it."""
     if not path:
         return None
-    from skinseg.errors import ensure_writable
+    from skinseg.files import ensure_writable
 
     target = Path(path).expanduser().resolve()
     if target.is_dir():
@@ -80,7 +80,7 @@ def _json_target(path: str | None) -> Path | None:
 
 
 def _write_json(path: str | Path, data) -> None:
-    from skinseg.runs import write_atomic
+    from skinseg.files import write_atomic
 
     write_atomic(Path(path), json.dumps(data, indent=2))
 

@@ -291,9 +291,7 @@ def _coerce(key: str, value: Any, source: str) -> Any:
                 raise ValueError
             return int(number)
         if t.startswith("float"):
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
+            return _number(value)
         if t == "bool":
             if isinstance(value, bool):
                 return value
@@ -318,7 +316,7 @@ def _coerce(key: str, value: Any, source: str) -> Any:
 
 
 def _number(value: Any) -> float:
-    if isinstance(value, bool) or isinstance(value, (list, dict)):
+    if isinstance(value, (bool, list, dict)):
         raise ValueError
     return float(value)
 

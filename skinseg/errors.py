@@ -33,35 +33,3 @@ class EnvironmentProblem(SkinsegError, RuntimeError):
 
 class DiskFullError(EnvironmentProblem, OSError):
     """Not enough free space to write a file; the message says how much is needed and where."""
-
-
-def space_message(folder, needed: int | None = None) -> str:
-    """'N MB free in DIR' (and how much is needed), for disk-full messages."""
-    import shutil
-
-    try:
-        free = shutil.disk_usage(folder).free
-    except OSError:
-        return f"in {folder}"
-    need = f", {needed / 2**20:.0f} MB needed" if needed else ""
-    return f"{free / 2**20:.0f} MB free in {folder}{need}"
-
-
-def ensure_writable(folder, what: str, hint: str = "") -> None:
-    """Create ``folder`` if needed and prove it writable with a probe file; EnvironmentProblem otherwise.
-
-    A probe rather than ``os.access``: root passes ``os.access`` on a read-only mount.
-    """
-    import os
-    import tempfile
-    from pathlib import Path
-
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".skinseg-probe-", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        reason = e.strerror or type(e).__name__
-        raise EnvironmentProblem(f"{what} {folder} is not writable ({reason}){'; ' + hint if hint else ''}") from None

@@ -13,7 +13,7 @@ from skinseg.checkpoint import (ensemble_from_state, ensemble_state, load_for_in
 from skinseg.data.augment import eval_transform
 from skinseg.data.cache import build_cache
 from skinseg.data.dataset import ISICDataset, make_loader
-from skinseg.data.isic import ATTRIBUTES, get_split, image_split
+from skinseg.data.isic import ATTRIBUTES, get_split, ground_truth_folder_of, image_split
 from skinseg.ensemble import ensemble_config
 from skinseg.errors import DataError
 from skinseg.inference import EvalResult, check_submission_folder, evaluate_model, write_submission
@@ -85,9 +85,10 @@ def score_submission(pred_dir: str | Path, data_root: str | Path, split: str = "
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise DataError(f"submission folder {pred_dir} does not exist")
-    if pred_dir.resolve() == truth.mask_dir.resolve():
-        raise DataError(f"{pred_dir} is the ground-truth folder of split {split!r} itself; pass the folder that "
-                        "`skinseg predict` wrote")
+    gt = ground_truth_folder_of(pred_dir)
+    if gt is not None:
+        raise DataError(f"{pred_dir} is {'inside ' if gt != pred_dir.resolve() else ''}the ground-truth folder {gt}, "
+                        "not a submission; pass the folder that `skinseg predict` wrote")
     acc = OfficialScore()
     for image_id in truth.ids:
         hw = _png_hw(truth.mask_path(image_id, ATTRIBUTES[0]))

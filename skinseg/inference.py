@@ -21,8 +21,9 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from skinseg.data.cache import SplitCache, read_mask
-from skinseg.data.isic import ATTRIBUTES, SPLIT_FOLDERS, Split, mask_name
-from skinseg.errors import DataError, DiskFullError, SkinsegError, ensure_writable, space_message
+from skinseg.data.isic import ATTRIBUTES, Split, ground_truth_folder_of, mask_name
+from skinseg.errors import DataError, DiskFullError, SkinsegError
+from skinseg.files import ensure_writable, is_disk_full, space_message, temp_sibling
 from skinseg.metrics import OfficialScore, Scores, ThresholdSweep
 from skinseg.runtime import autocast
 
@@ -110,22 +111,24 @@ def predict_batches(model: torch.nn.Module, loader, device: torch.device, tta: s
                 out = model(x)
             loss = float(loss_fn(out, target))
         probs, presence = predict_probs(model, x, tta, amp_dtype, output=out)
-        bad = ~torch.isfinite(probs.flatten(1)).all(1)
-        if presence is not None:
-            bad |= ~torch.isfinite(presence).all(1)
-        if bad.any():
+        finite = torch.isfinite(probs).all() if presence is None else torch.isfinite(probs).all() & torch.isfinite(
+            presence).all()
+        if not finite:  # which images, only when it happened
+            bad = ~torch.isfinite(probs.flatten(1)).all(1)
+            if presence is not None:
+                bad |= ~torch.isfinite(presence).all(1)
             raise NonFiniteOutputError([batch["id"][k] for k in bad.nonzero().flatten().tolist()])
         yield PredictedBatch(batch, probs, presence, target, loss)
 
 
 def at_original_size(cache: SplitCache, pb: PredictedBatch):
-    """Yield (k, index, image id, probabilities 1 x C x H x W, presence 1 x C or None) per image of a batch,
+    """Yield (index, image id, probabilities 1 x C x H x W, presence 1 x C or None) per image of a batch,
     mapped back to the image's original size."""
     for k, index in enumerate(pb.batch["index"].tolist()):
         hw = tuple(int(v) for v in cache.original_hw[index])
         p = to_original(pb.probs[k], hw, tuple(int(v) for v in cache.boxes[index]))[None]
         pres = None if pb.presence is None else pb.presence[k : k + 1]
-        yield k, index, cache.ids[index], p, pres
+        yield index, cache.ids[index], p, pres
 
 
 def source_split(cache: SplitCache) -> Split:
@@ -208,7 +211,7 @@ def evaluate_model(model: torch.nn.Module, loader, device: torch.device, thresho
             if per_image:
                 rows += _per_image(pb.batch, pb.probs, pb.target, pb.presence, thresholds, gates)
             continue
-        for _, index, image_id, p, pres in at_original_size(cache, pb):
+        for index, image_id, p, pres in at_original_size(cache, pb):
             t = originals.get(index).to(device)[None]
             _accumulate(score, sweep, p, t, pres, thresholds, gates)
             if per_image:
@@ -246,11 +249,10 @@ def check_submission_folder(out_dir: str | Path) -> Path:
     or it is empty. Any folder of a split's ground truth (or below one) is refused outright.
     """
     out_dir = Path(out_dir).expanduser().resolve()
-    truth_names = {gt for _, gt in SPLIT_FOLDERS.values()}
-    for part in (out_dir, *out_dir.parents):
-        if part.name in truth_names:
-            raise DataError(f"{out_dir} is {'inside ' if part != out_dir else ''}the ground-truth folder {part}; "
-                            "a submission must go to a folder of its own (e.g. reports/submission)")
+    truth = ground_truth_folder_of(out_dir)
+    if truth is not None:
+        raise DataError(f"{out_dir} is {'inside ' if truth != out_dir else ''}the ground-truth folder {truth}; "
+                        "a submission must go to a folder of its own (e.g. reports/submission)")
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"{out_dir} exists and is not a folder; choose a new or empty folder for the submission")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / SUBMISSION_MARKER).exists():
@@ -271,27 +273,27 @@ def write_submission(model: torch.nn.Module, loader, out_dir: str | Path, device
     """
     out_dir = check_submission_folder(out_dir)
     cache: SplitCache = loader.dataset.cache
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    tmp = temp_sibling(out_dir)
     shutil.rmtree(tmp, ignore_errors=True)
     written = 0
     try:
         tmp.mkdir(parents=True)
         (tmp / SUBMISSION_MARKER).write_text("written by skinseg predict; this folder may be replaced by it\n")
         for pb in predict_batches(model, loader, device, tta, amp_dtype, channels_last, progress=progress):
-            for _, _, image_id, p, pres in at_original_size(cache, pb):
+            for _, image_id, p, pres in at_original_size(cache, pb):
                 masks = decide(p, thresholds, pres, gates)[0].cpu().numpy()
                 for c, attribute in enumerate(ATTRIBUTES):
                     Image.fromarray(masks[c].astype(np.uint8) * 255, mode="L").save(tmp / mask_name(image_id, attribute))
                     written += 1
         if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            old = temp_sibling(out_dir, ".old")
             os.replace(out_dir, old)
             os.replace(tmp, out_dir)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out_dir)
     except OSError as e:
-        if e.errno in (28, 122):
+        if is_disk_full(e):
             raise DiskFullError(f"disk full while writing the submission ({space_message(out_dir.parent)}); "
                                 f"{out_dir} was left as it was") from None
         raise

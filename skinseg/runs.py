@@ -12,8 +12,8 @@ Nothing else names these files: the trainer, sweeps, the report and the notebook
 from __future__ import annotations
 
 import csv
+import io
 import json
-import os
 import time
 from datetime import datetime
 from pathlib import Path
@@ -23,7 +23,7 @@ import pandas as pd
 import yaml
 
 from skinseg.data.isic import ATTRIBUTES
-from skinseg.errors import ensure_writable
+from skinseg.files import remove_dead_temp_files, write_atomic
 from skinseg.paths import resolve
 
 CONFIG_FILE = "config.yaml"
@@ -40,16 +40,6 @@ CSV_COLUMNS = (
 )
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write a small text file so that a kill leaves either the old file or the new one, never half of it."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 class RunFolder:
     """One run folder: its files, its metrics log and its end marker."""
 
@@ -58,9 +48,6 @@ class RunFolder:
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
-
-    def __fspath__(self) -> str:
-        return str(self.path)
 
     # ---- the files -----------------------------------------------------------------------
     @property
@@ -92,8 +79,9 @@ class RunFolder:
 
     @classmethod
     def create(cls, path: Path, config_yaml: str) -> "RunFolder":
-        """Make a new run folder at ``path`` (or ``path-2``, ``-3`` ... when taken) with its config and an empty log."""
-        ensure_writable(path.parent, "output_dir", "choose a writable output_dir (config key or --set output_dir=DIR)")
+        """Make a new run folder at ``path`` (or ``path-2``, ``-3`` ... when taken) with its config and an empty log.
+
+        The trainer has checked that ``path.parent`` (its output_dir) is writable before building its caches."""
         suffix, run = 1, path
         while True:
             try:
@@ -121,15 +109,11 @@ class RunFolder:
             rows = [r for r in csv.DictReader(f)
                     if (r["kind"] == "step" and int(r["step"]) <= step)
                     or (r["kind"] == "epoch" and int(r["epoch"]) <= epoch)]
-        tmp = self.path / f".{METRICS_FILE}.tmp-{os.getpid()}"
-        try:
-            with open(tmp, "w", newline="") as f:
-                writer = csv.DictWriter(f, CSV_COLUMNS)
-                writer.writeheader()
-                writer.writerows(rows)
-            os.replace(tmp, self.metrics_file)
-        finally:
-            tmp.unlink(missing_ok=True)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+        write_atomic(self.metrics_file, text.getvalue())
 
     def mark_done(self, reason: str, epochs_run: int, best_epoch: int, best_score: float) -> None:
         """Write the end marker: training is over (``reason``: completed or early_stop)."""
@@ -140,15 +124,9 @@ class RunFolder:
         """A resumed run is running again: it is not done until it ends."""
         self.end_marker.unlink(missing_ok=True)
 
-    def remove_stale_temp_files(self) -> list[Path]:
+    def remove_stale_temp_files(self) -> None:
         """Delete ``.<file>.tmp-<pid>`` leftovers of processes that no longer run (a kill during a write)."""
-        removed = []
-        for p in self.path.glob(".*.tmp-*"):
-            pid = p.name.rsplit("-", 1)[-1]
-            if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-                p.unlink(missing_ok=True)
-                removed.append(p)
-        return removed
+        remove_dead_temp_files(self.path)
 
     # ---- reading ---------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
@@ -183,16 +161,6 @@ class RunFolder:
         return self.last.exists() and (checkpoint_epoch(self.last) or 0) >= self.config()["epochs"]
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 # ---- module-level readers (what notebooks and sweeps call) -----------------------------------
 def read_metrics(run_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(per-step rows, per-epoch rows) of a run's metrics.csv."""
@@ -203,17 +171,9 @@ def is_complete(run_dir: str | Path) -> bool:
     return RunFolder(run_dir).is_complete()
 
 
-def read_config(run_dir: str | Path) -> dict[str, Any]:
-    return RunFolder(run_dir).config()
-
-
 def best_checkpoint(run_dir: str | Path) -> Path:
     """The best checkpoint of a run folder."""
     return RunFolder(run_dir).best
-
-
-def last_checkpoint(run_dir: str | Path) -> Path:
-    return RunFolder(run_dir).last
 
 
 def find_runs(output_dir: str | Path, with_checkpoint: bool = True) -> list[Path]:
@@ -272,8 +232,3 @@ def run_summary(run_dir: str | Path) -> dict:
            "ended": end["reason"] if end else "unfinished"}
     row.update({a: float(best[f"val_jaccard_{a}"]) for a in ATTRIBUTES})
     return row
-
-
-__all__ = ["BEST_CHECKPOINT", "CONFIG_FILE", "CSV_COLUMNS", "END_MARKER", "IGNORED_WHEN_COMPARING", "find_complete_run", "LAST_CHECKPOINT",
-           "METRICS_FILE", "RunFolder", "best_checkpoint", "find_runs", "is_complete", "last_checkpoint",
-           "latest_run", "read_config", "read_metrics", "run_summary", "write_atomic"]

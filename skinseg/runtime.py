@@ -32,18 +32,20 @@ class Runtime:
         return self.rank == 0
 
 
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+        return torch.device("mps") if _mps_available() else torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise EnvironmentProblem("device: cuda was asked for but no CUDA GPU is visible to torch "
                                  f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); "
                                  "use device: auto or cpu")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+    if name == "mps" and not _mps_available():
         raise EnvironmentProblem("device: mps was asked for but this machine has no Apple GPU; use device: auto or cpu")
     return torch.device(name)
 
@@ -80,8 +82,10 @@ def amp_for_model(amp_dtype: torch.dtype | None, device: torch.device,
                   model: torch.nn.Module) -> tuple[torch.dtype | None, str | None]:
     """The autocast dtype to use for ``model`` (and why it differs from ``amp_dtype``, else None).
 
-    On a CPU bf16 is kept only where it is faster (``benchmarks/train_step.py``): a CPU with native bf16 and a
-    model without depthwise convolutions. Elsewhere it was 4-12x slower than fp32, so the model runs in fp32.
+    On a CPU bf16 is kept only where it can be faster: a CPU with native bf16 and a model without depthwise
+    convolutions. ``benchmarks/train_step.py`` measured bf16 10-21x slower than fp32 on a CPU without native bf16
+    (all three models tried), and the lite0 U-Net about 9x slower even with AVX-512 BF16 (measured outside the
+    team), so elsewhere the model runs in fp32.
     """
     if device.type != "cpu" or amp_dtype != torch.bfloat16:
         return amp_dtype, None

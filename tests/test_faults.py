@@ -266,7 +266,7 @@ CHILD = textwrap.dedent("""
     cfg_values, kill = json.loads(sys.argv[1]), json.loads(sys.argv[2])
     if kill:
         import builtins
-        import skinseg.checkpoint as ck
+        import skinseg.files as ck  # every checkpoint write goes through skinseg.files.write_atomic
         writes = {"n": 0}
         real_open, real_replace = builtins.open, os.replace
 
@@ -339,7 +339,9 @@ def _same(a: dict, b: dict) -> bool:
 def _resume_until_done(cfg: Config, out: Path, **first_kill) -> RunFolder:
     """Start a run (with the given kill), then resume from last.pt until it completes; a kill before the first
     last.pt means a fresh start."""
-    _child(cfg, **first_kill, watch=out)
+    code = _child(cfg, **first_kill, watch=out)
+    if first_kill.get("kill"):  # a kill inside a checkpoint write must have happened, or the test proves nothing
+        assert code == -signal.SIGKILL, "the child finished without being killed inside a checkpoint write"
     for _ in range(6):
         runs = sorted(out.iterdir()) if out.exists() else []
         run = RunFolder(runs[-1]) if runs else None

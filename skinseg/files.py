@@ -1,0 +1,92 @@
+"""Safe file writes: atomic replacement, free-space and writability checks, and the temporary files a killed
+process leaves behind. Every writer of the package (checkpoints, run folders, caches, submissions, converted
+weights, --json outputs) goes through these, so a kill or a full disk never leaves half a file."""
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from skinseg.errors import DiskFullError, EnvironmentProblem
+
+SPARE_BYTES = 2**20  # left free after any write, so the disk is never filled to the last byte
+
+
+def temp_sibling(path: Path, tag: str = "") -> Path:
+    """``.<name><tag>.tmp-<pid>`` beside ``path``: where a write goes before it replaces ``path``."""
+    return path.with_name(f".{path.name}{tag}.tmp-{os.getpid()}")
+
+
+def is_disk_full(e: OSError) -> bool:
+    return isinstance(e, DiskFullError) or e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def space_message(folder, needed: int | None = None) -> str:
+    """'N MB free in DIR' (and how much is needed), for disk-full messages."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return f"in {folder}"
+    need = f", {needed / 2**20:.0f} MB needed" if needed else ""
+    return f"{free / 2**20:.0f} MB free in {folder}{need}"
+
+
+def ensure_space(folder, nbytes: int, what: str, hint: str) -> None:
+    """DiskFullError ("<what>: N MB free in DIR, M MB needed. <hint>") when ``nbytes`` would not fit."""
+    if shutil.disk_usage(folder).free < nbytes + SPARE_BYTES:
+        raise DiskFullError(f"{what}: {space_message(folder, nbytes + SPARE_BYTES)}. {hint}")
+
+
+def ensure_writable(folder, what: str, hint: str = "") -> None:
+    """Create ``folder`` if needed and prove it writable with a probe file; EnvironmentProblem otherwise.
+
+    A probe rather than ``os.access``: root passes ``os.access`` on a read-only mount.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".skinseg-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise EnvironmentProblem(f"{what} {folder} is not writable ({reason}){'; ' + hint if hint else ''}") from None
+
+
+def write_atomic(path: str | Path, data: str | bytes | memoryview, fsync: bool = False) -> None:
+    """Replace ``path`` by ``data`` so that a kill leaves the old file or the new one, never half of either.
+
+    A full disk raises OSError (ENOSPC) with the old file in place; callers turn it into their message.
+    """
+    path = Path(path)
+    tmp = temp_sibling(path)
+    try:
+        with open(tmp, "w" if isinstance(data, str) else "wb") as f:
+            f.write(data)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def remove_dead_temp_files(folder: Path) -> None:
+    """Delete the ``.*.tmp-<pid>`` files and folders in ``folder`` whose process no longer runs (a kill during a
+    write); those of running processes, this one included, are left alone."""
+    for p in folder.glob(".*.tmp-*"):
+        pid = p.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
