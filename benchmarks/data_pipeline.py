@@ -6,6 +6,10 @@ Both produce the same tensors. Sources: the real 256 px training split (SKINSEG_
 split at the official images' typical size (1022x767, with a few at 4000+ px).
 
     .venv/bin/python benchmarks/data_pipeline.py [--samples 200] [--synthetic-images 60]
+
+With ``--loader-workers 0,2,4,8,16`` it prints instead the training DataLoader alone (cache, train augmentation,
+collation, batch 32, 256 px; real data from SKINSEG_ISIC_ROOT or --data) in images/s per worker count: the
+loader's headroom over the GPU's training step.
 """
 from __future__ import annotations
 
@@ -66,11 +70,46 @@ def bench(name: str, split, cfg: Config, samples: int, cache_root: Path) -> dict
             "(b) cache+augment /s": b, "ratio b/a": b / a}
 
 
+def _batches(loader):
+    """The loader's batches, epoch after epoch (its workers persist)."""
+    while True:
+        yield from loader
+
+
+def loader_rates(root: str, workers: list[int], batches: int, batch_size: int = 32, size: int = 256) -> None:
+    """images/s of the training DataLoader in steady state: after the first batch (which starts the workers)
+    and after the batches the workers prefetched meanwhile (``prefetch_factor`` per worker), not timed."""
+    from skinseg.data.dataset import make_loader
+
+    print(f"training DataLoader alone: real ISIC train at {size} px, train augmentation, batch {batch_size}, "
+          f"{batches} batches timed after the first and the prefetched ones, {os.cpu_count()} CPUs")
+    print(f"{'workers':>7s} {'images/s':>9s}")
+    for n in workers:
+        cfg = Config(data_root=root, image_size=size, batch_size=batch_size, num_workers=n)
+        loader = make_loader(cfg, "train", train=True)
+        it = _batches(loader)
+        for _ in range(1 + n * (loader.prefetch_factor or 0)):
+            next(it)
+        start, seen = time.perf_counter(), 0
+        for _ in range(batches):
+            seen += len(next(it)["image"])
+        print(f"{n:7d} {seen / (time.perf_counter() - start):9.1f}", flush=True)
+        del it, loader
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--synthetic-images", type=int, default=60)
+    parser.add_argument("--loader-workers", help="comma-separated worker counts: time the DataLoader alone")
+    parser.add_argument("--batches", type=int, default=20, help="batches per worker count (--loader-workers)")
+    parser.add_argument("--data", default=os.environ.get("SKINSEG_ISIC_ROOT"), help="real data root")
     args = parser.parse_args()
+    if args.loader_workers:
+        if not args.data:
+            raise SystemExit("--loader-workers needs the real data: --data ROOT or SKINSEG_ISIC_ROOT")
+        loader_rates(args.data, [int(w) for w in args.loader_workers.split(",")], args.batches)
+        return
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     cfg = Config(image_size=256)

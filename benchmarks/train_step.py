@@ -9,6 +9,7 @@ A model is a registry name, optionally with an encoder: ``unet-convnext-attentio
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import time
@@ -68,6 +69,7 @@ def main() -> None:
     p.add_argument("--models", default=",".join([*MODEL_NAMES, "unet-convnext-attention:tf_efficientnet_lite0"]))
     p.add_argument("--channels-last", default="both", choices=("both", "on", "off"))
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--json", help="also append one JSON line per row to this file")
     args = p.parse_args()
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           (args.device if args.device != "auto" else "cpu"))
@@ -89,6 +91,11 @@ def main() -> None:
             for cl in layouts:
                 t = step_time(name, device, dtype, cl, args.batch, args.size, args.steps)
                 print(f"{name:48s} {mode:9s} {str(cl):13s} {t:8.3f} {args.batch / t:9.1f}  {runs}", flush=True)
+                if args.json:
+                    with open(args.json, "a") as f:
+                        f.write(json.dumps({"model": name, "precision": mode, "channels_last": cl, "batch": args.batch,
+                                            "size": args.size, "seconds_per_step": t,
+                                            "images_per_s": args.batch / t}) + "\n")
 
 
 if __name__ == "__main__":

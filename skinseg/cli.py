@@ -127,9 +127,21 @@ def _cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from skinseg.config import parse_overrides
+    from skinseg.sweeps import run_sweep
+
+    overrides = parse_overrides(args.set)
+    table = run_sweep(args.name, base=args.base, overrides=overrides, out_dir=args.out, runner=args.runner,
+                      jobs=args.jobs)
+    print(table.to_string(float_format=lambda v: f"{v:.4f}"))
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
+    from skinseg.config import parse_overrides
     from skinseg.errors import ConfigError
-    from skinseg.paths import IMAGES_DIR, PARAMS_DIR
+    from skinseg.paths import IMAGES_DIR, PARAMS_DIR, REPORTS_DIR
     from skinseg.report import ReportError, build_report
 
     params = PARAMS_DIR / "demo.yaml"
@@ -138,9 +150,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
         if not params.is_file():
             raise ConfigError(f"--params {args.params}: no such file ({params}); e.g. --params params/isic.yaml")
     data = str(Path(args.data).expanduser().resolve()) if args.data else None
+    options = {"sweep": args.sweep} if args.sweep else {}
+    if args.sweep_set:
+        options["sweep_overrides"] = parse_overrides(args.sweep_set)
+    images = None if args.update_images is None else Path(args.update_images or IMAGES_DIR).expanduser().resolve()
+    out = Path(args.out).expanduser().resolve() if args.out else REPORTS_DIR
     try:
-        result = build_report(params, data, pdf=not args.no_pdf,
-                              images_dir=IMAGES_DIR if args.update_images else None)
+        result = build_report(params, data, out_dir=out, pdf=not args.no_pdf, images_dir=images, **options)
     except ReportError as e:
         print(f"skinseg report: {e}", file=sys.stderr)
         return 1
@@ -226,11 +242,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the official-scorer-shaped JSON here")
     p.set_defaults(func=_cmd_score)
 
+    p = sub.add_parser("sweep", help="train every config of params/sweeps/NAME not trained yet; print the comparison")
+    p.add_argument("name", help="a folder of params/sweeps/")
+    p.add_argument("--base", default="params/demo.yaml", help="params YAML the sweep's files modify")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key of every config")
+    p.add_argument("--out", default=None, help="output folder (default: reports/sweeps/NAME)")
+    p.add_argument("--runner", default="papermill", choices=("papermill", "cli"),
+                   help="papermill: executed 03_train notebooks, one at a time; cli: skinseg train processes")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once with --runner cli")
+    p.set_defaults(func=_cmd_sweep)
+
     p = sub.add_parser("report", help="run notebooks 01-06 with papermill and build reports/report.html (+ PDF)")
     p.add_argument("--params", default=None, help="params YAML (default: params/demo.yaml)")
     p.add_argument("--data", default=None, help="data root (default: the params' data_root, else synthetic)")
     p.add_argument("--no-pdf", action="store_true", help="skip the PDF")
-    p.add_argument("--update-images", action="store_true", help="also refresh the README figures in images/")
+    p.add_argument("--out", default=None, help="output folder (default: reports/); e.g. reports/isic for real data")
+    p.add_argument("--sweep", default=None, help="sweep of 04_sweeps (default: architectures)")
+    p.add_argument("--sweep-set", action="append", metavar="KEY=VALUE",
+                   help="override a key of every sweep config (default: epochs=2)")
+    p.add_argument("--update-images", nargs="?", const="", default=None, metavar="DIR",
+                   help="also refresh the README figures, in images/ or DIR (e.g. images/isic)")
     p.set_defaults(func=_cmd_report)
     return parser
 

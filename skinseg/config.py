@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
-from skinseg.choices import (AMP_MODES, DEVICES, INITS, LOSSES, MODELS, OPTIMIZERS, RESIZE_MODES, SCHEDULERS,
-                             SPLIT_NAMES, TTA_MODES)
+from skinseg.choices import (AMP_MODES, AUGMENT_ON, DEVICES, INITS, LOSSES, MODELS, OPTIMIZERS, RESIZE_MODES,
+                             SAMPLERS, SCHEDULERS, SPLIT_NAMES, TTA_MODES)
 from skinseg.errors import ConfigError
 
 N_ATTRIBUTES = 5  # the ISIC 2018 Task 2 attributes (skinseg.data.isic.ATTRIBUTES)
@@ -51,6 +51,7 @@ class Config:
     dev_fraction: float = 0.0
     dev_seed: int | None = None  # seed of the dev hold-out; null: `seed` (fix it to vary `seed` over one dev split)
     num_workers: int = 0
+    sampler: str = _choice(*SAMPLERS, default="shuffle")  # rare: oversample images holding a rare attribute
     crop_size: int | None = None  # train on random crops of the image_size image; evaluate on whole images
     # augmentation (probabilities and ranges)
     aug_flip_p: float = 0.5
@@ -63,6 +64,14 @@ class Config:
     brightness: float = 0.1
     contrast: float = 0.1
     hue: float = 0.03
+    # nnU-Net-style photometric augmentation (0 = off): gamma, Gaussian blur, Gaussian noise, low resolution
+    aug_gamma_p: float = 0.0
+    aug_blur_p: float = 0.0
+    aug_noise_p: float = 0.0
+    aug_lowres_p: float = 0.0
+    # where flips, rotations, scale and colour jitter run: cpu (albumentations, per sample in the DataLoader
+    # workers) or gpu (skinseg.data.batch_augment, on the whole batch on the training device)
+    augment_on: str = _choice(*AUGMENT_ON, default="cpu")
     # null: the pretrained encoder's normalization when `pretrained`, else ISIC_MEAN / ISIC_STD (see normalization())
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
@@ -84,6 +93,7 @@ class Config:
     grad_clip: float | None = None
     accumulate: int = 1
     ema: float | None = None
+    ema_warmup: bool = True  # EMA decay min(ema, 1 - (1 + step)^-2/3) (timm's ModelEmaV3 warm-up): early weights fade
     patience: int | None = None
     # loss
     loss: dict[str, float] = field(default_factory=lambda: {"bce": 1.0, "dice": 1.0})
@@ -101,6 +111,9 @@ class Config:
     channels_last: bool = True
     compile: bool = False
     load: str | None = None
+    log_every: int = 10  # optimizer steps between reads of the loss (each read waits for the GPU)
+    val_every: int = 1  # epochs between validations (the last epoch is always validated)
+    checkpoint_every: int = 1  # epochs between last.pt writes (best.pt: whenever the score improves; last: at the end)
     # decisions
     threshold: float = 0.5
     tune_thresholds: bool = True
@@ -180,7 +193,8 @@ class Config:
             value = getattr(self, f.name)
             if choices and value not in choices:
                 raise ConfigError(f"{f.name}: {value!r} is not valid; choose one of {', '.join(choices)}")
-        positive = ("classes", "base_channels", "image_size", "epochs", "batch_size", "accumulate")
+        positive = ("classes", "base_channels", "image_size", "epochs", "batch_size", "accumulate", "log_every",
+                    "val_every", "checkpoint_every")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
@@ -201,6 +215,9 @@ class Config:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name}: must be >= 1{' or null' if name != 'step_size' else ''}, got {value}")
+        for name in ("aug_gamma_p", "aug_blur_p", "aug_noise_p", "aug_lowres_p"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name}: a probability in [0, 1], got {getattr(self, name)}")
         if self.lr <= 0:
             raise ConfigError(f"lr: must be > 0, got {self.lr}")
         if not 0.0 <= self.dev_fraction < 1.0:

@@ -2,22 +2,24 @@
 checkpoints into an ensemble, score a submission folder."""
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
-import torch
 
 from skinseg.checkpoint import (ensemble_from_state, ensemble_state, load_for_inference, load_members,
                                ready_for_inference, save_checkpoint)
 from skinseg.data.augment import eval_transform
-from skinseg.data.cache import build_cache
+from skinseg.data.cache import build_cache, read_mask
 from skinseg.data.dataset import ISICDataset, make_loader
-from skinseg.data.isic import ATTRIBUTES, get_split, ground_truth_folder_of, image_split
+from skinseg.data.isic import ATTRIBUTES, Split, get_split, ground_truth_folder_of, image_split, mask_name
 from skinseg.ensemble import ensemble_config
 from skinseg.errors import DataError
 from skinseg.inference import EvalResult, check_submission_folder, evaluate_model, write_submission
-from skinseg.metrics import Scores
+from skinseg.metrics import OfficialScore, Scores
 
 
 def evaluate_checkpoint(checkpoint, data_root, split: str = "val", tta: str | None = None, tuned: bool = True,
@@ -74,11 +76,11 @@ def build_ensemble(checkpoints: list[str | Path], data_root: str | Path, out: st
 
 def score_submission(pred_dir: str | Path, data_root: str | Path, split: str = "val") -> Scores:
     """Official score of a submission folder (``ISIC_<id>_attribute_<name>.png``) against a split's ground
-    truth, read from the files as the challenge's scorer would."""
-    from skinseg.data.cache import read_mask
-    from skinseg.data.isic import mask_name
-    from skinseg.metrics import OfficialScore
+    truth, read from the files as the challenge's scorer would.
 
+    Images are read by a pool of threads with the checks of :func:`~skinseg.data.cache.read_mask`; the first
+    error in image order is the one raised.
+    """
     truth = get_split(data_root, split)
     if not truth.has_masks:
         raise DataError(f"split {split!r} below {data_root} has no ground truth to score against")
@@ -89,18 +91,69 @@ def score_submission(pred_dir: str | Path, data_root: str | Path, split: str = "
     if gt is not None:
         raise DataError(f"{pred_dir} is {'inside ' if gt != pred_dir.resolve() else ''}the ground-truth folder {gt}, "
                         "not a submission; pass the folder that `skinseg predict` wrote")
+    reader = _MaskReader()
+    pool = ThreadPoolExecutor(min(8, os.cpu_count() or 1) + 1)  # one more than the cores: file reads wait
+    try:
+        rows = list(pool.map(lambda image_id: _image_counts(reader, truth, pred_dir, image_id), truth.ids))
+    finally:
+        pool.shutdown(cancel_futures=True)
     acc = OfficialScore()
-    for image_id in truth.ids:
-        hw = _png_hw(truth.mask_path(image_id, ATTRIBUTES[0]))
-        t = [read_mask(truth.mask_path(image_id, a), hw)[0] for a in ATTRIBUTES]
-        p = []
-        for a in ATTRIBUTES:
-            path = pred_dir / mask_name(image_id, a)
-            if not path.exists():
-                raise DataError(f"submission {pred_dir} lacks {path.name}")
-            p.append(read_mask(path, hw, what="submission mask")[0])
-        acc.update(torch.from_numpy(np.stack(p)), torch.from_numpy(np.stack(t)))
+    if rows:
+        acc.add(*(np.array(column) for column in zip(*rows)))
     return acc.compute()
+
+
+_PNG = b"\x89PNG\r\n\x1a\n"
+
+
+class _MaskReader:
+    """Reads masks as :func:`read_mask` does (bool, > 127), decoding a file content that is an empty mask once.
+
+    Masks are decoded by OpenCV, which releases the GIL; anything it does not decode to an 8-bit single-channel
+    array, and any mask that fails a check, goes through :func:`read_mask`, for its result or its error.
+    """
+
+    def __init__(self):
+        self.empty: dict[bytes, tuple[int, int]] = {}  # file content -> size, for masks without a positive pixel
+
+    def read(self, path: Path, hw: tuple[int, int] | None, what: str) -> tuple[np.ndarray | None, tuple[int, int]]:
+        """The mask as bool H x W, None when it is empty, and its (height, width); ``hw`` None takes its own."""
+        try:
+            data = path.read_bytes()
+        except OSError:
+            data = b""  # read_mask names the file in its error
+        size = self.empty.get(data)
+        if size is not None and size == (hw or size):
+            return None, size
+        arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data.startswith(_PNG) else None
+        plain = arr is not None and arr.ndim == 2 and arr.dtype == np.uint8  # what PIL reads as mode L or 1
+        hw = hw or (arr.shape if plain else _png_hw(path))
+        if not plain or arr.shape != hw or (top := int(arr.max())) == 1:
+            mask = read_mask(path, hw, what)[0]
+            return (mask if mask.any() else None), hw
+        if top <= 127:
+            self.empty[data] = hw
+            return None, hw
+        return arr > 127, hw
+
+
+def _image_counts(reader: _MaskReader, truth: Split, pred_dir: Path, image_id: str
+                  ) -> tuple[list[int], list[int], list[int], int]:
+    """One image's pixel counts per attribute: positive in both, in the submission, in the truth; and its pixels."""
+    t0, hw = reader.read(truth.mask_path(image_id, ATTRIBUTES[0]), None, "mask")
+    t = [t0] + [reader.read(truth.mask_path(image_id, a), hw, "mask")[0] for a in ATTRIBUTES[1:]]
+    p = []
+    for a in ATTRIBUTES:
+        path = pred_dir / mask_name(image_id, a)
+        if not path.exists():
+            raise DataError(f"submission {pred_dir} lacks {path.name}")
+        p.append(reader.read(path, hw, "submission mask")[0])
+    both = [0 if x is None or y is None else np.count_nonzero(x & y) for x, y in zip(p, t)]
+    return both, [_positives(x) for x in p], [_positives(y) for y in t], hw[0] * hw[1]
+
+
+def _positives(mask: np.ndarray | None) -> int:
+    return 0 if mask is None else np.count_nonzero(mask)
 
 
 def _png_hw(path: Path) -> tuple[int, int]:

@@ -1,7 +1,8 @@
 """Segmentation losses, computed in fp32 even under autocast.
 
 All take logits and 0/1 targets of shape B x C x H x W and return a scalar. Region losses (dice, jaccard,
-tversky) are computed per attribute over the whole batch, then averaged with optional per-attribute weights.
+tversky, log_jaccard) are computed per attribute over the whole batch (nnU-Net's batch dice), then averaged
+with optional per-attribute weights; micro_jaccard pools the attributes too, as the leaderboard's overall score.
 """
 from __future__ import annotations
 
@@ -34,6 +35,29 @@ def soft_jaccard_loss(logits, target, weights=None, smooth: float = SMOOTH):
     inter = (p * t).sum((0, 2, 3))
     union = p.sum((0, 2, 3)) + t.sum((0, 2, 3)) - inter
     return _weighted_mean(1 - (inter + smooth) / (union + smooth), weights)
+
+
+def log_jaccard_loss(logits, target, weights=None, smooth: float = SMOOTH):
+    """-log of the batch-pooled soft Jaccard per attribute (Chen et al., ISIC 2018 Task 2, 5th place): steep
+    where the overlap is small, so attributes the model still misses weigh more than with 1 - Jaccard."""
+    p = torch.sigmoid(logits.float())
+    t = target.float()
+    inter = (p * t).sum((0, 2, 3))
+    union = p.sum((0, 2, 3)) + t.sum((0, 2, 3)) - inter
+    return _weighted_mean(-torch.log((inter + smooth) / (union + smooth)), weights)
+
+
+def micro_jaccard_loss(logits, target, weights=None, smooth: float = SMOOTH):
+    """1 - soft Jaccard pooled over the batch *and* the attributes: the shape of the leaderboard's overall
+    score (sums of per-pixel-normalized TP/FP/FN over all images and attributes; images of one batch share a
+    size). ``weights`` scale each attribute's soft counts."""
+    p = torch.sigmoid(logits.float())
+    t = target.float()
+    inter = (p * t).sum((0, 2, 3))
+    union = p.sum((0, 2, 3)) + t.sum((0, 2, 3)) - inter
+    if weights is not None:
+        inter, union = inter * weights, union * weights
+    return 1 - (inter.sum() + smooth) / (union.sum() + smooth)
 
 
 def tversky_loss(logits, target, weights=None, alpha: float = 0.3, beta: float = 0.7, smooth: float = SMOOTH):
@@ -116,6 +140,8 @@ LOSS_FUNCTIONS = {
     "bce": bce_loss,
     "dice": soft_dice_loss,
     "jaccard": soft_jaccard_loss,
+    "log_jaccard": log_jaccard_loss,
+    "micro_jaccard": micro_jaccard_loss,
     "focal": focal_loss,
     "tversky": tversky_loss,
 }

@@ -96,16 +96,25 @@ class OfficialScore:
         if pred.dim() == 3:
             pred, target = pred[None], target[None]
         p, t = pred.bool(), target > 0.5
-        pixels = p.shape[-1] * p.shape[-2]
-        tp = (p & t).sum((-1, -2)).double()
-        fp = (p & ~t).sum((-1, -2)).double()
-        fn = (~p & t).sum((-1, -2)).double()
+        self.add((p & t).sum((-1, -2)), p.sum((-1, -2)), t.sum((-1, -2)), p.shape[-1] * p.shape[-2])
+
+    @torch.no_grad()
+    def add(self, both, pred, truth, pixels) -> None:
+        """Add images by their pixel counts, B x C each (tensors or arrays): positive in prediction and truth
+        (``both``), in the prediction, in the truth; ``pixels`` is each image's pixel count (B, or one number).
+
+        The official formula: TP, FP, FN and TN of each image and attribute divided by the image's pixel count.
+        """
+        tp, pred, truth = (torch.as_tensor(x).double() for x in (both, pred, truth))
+        if not isinstance(pixels, int):
+            pixels = torch.as_tensor(pixels, dtype=torch.float64, device=tp.device).reshape(-1, 1)
+        fp, fn = pred - tp, truth - tp
         tn = pixels - tp - fp - fn
-        batch = torch.stack([tp, fp, fn, tn]).sum(1) / pixels  # normalized per image, summed over the batch
+        batch = (torch.stack([tp, fp, fn, tn]) / pixels).sum(1)  # normalized per image, summed over the batch
         if self.counts.device != batch.device:
             self.counts = self.counts.to(batch.device)
         self.counts += batch
-        self.images += p.shape[0]
+        self.images += tp.shape[0]
 
     def all_reduce(self) -> None:
         """Sum the counts across DDP ranks (no-op without an initialized process group)."""

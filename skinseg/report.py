@@ -167,6 +167,10 @@ def print_pdf(html: str | Path, out: str | Path, chromium: str | None = None, ti
 
 
 # figures the README shows: (notebook, heading of the section, file name in images/)
+ISIC_CREDIT = ("Images and masks: ISIC 2018 Challenge data (Codella et al. 2018, arXiv:1902.03368), for "
+               "non-commercial research and education; HAM10000 (c) ViDIR Group, Department of Dermatology, Medical "
+               "University of Vienna (Tschandl et al., Sci. Data 5, 180161, 2018); MSK Dataset (c) Anonymous.")
+
 README_FIGURES = (
     ("01_eda", "Attribute prevalence", "prevalence.png"),
     ("01_eda", "Examples with their masks", "examples.png"),
@@ -217,7 +221,7 @@ def build_report(params: str | Path = PARAMS_DIR / "demo.yaml", data_root: str |
     values = load_params(params)
     chosen = chosen_data_root(values, data_root)
     intro = ("**Data: the embedded synthetic ISIC-like dataset.** Scores on it are not comparable with the "
-             "ISIC 2018 leaderboard." if is_synthetic(chosen) else f"Data: `{chosen}`.")
+             "ISIC 2018 leaderboard." if is_synthetic(chosen) else f"Data: `{chosen}`. {ISIC_CREDIT}")
     intro += f" Parameters: `{Path(params).name}`."
     html = build_html(executed, out_dir / "report.html", intro=intro)
     result = {"html": str(html), "notebooks": [str(p) for p in executed], "pdf": None}

@@ -32,9 +32,10 @@ BEST_CHECKPOINT = "best.pt"
 LAST_CHECKPOINT = "last.pt"
 END_MARKER = "done.json"
 # keys that do not change what a run learns: runs differing only in these are the same run
-IGNORED_WHEN_COMPARING = ("output_dir", "run_name", "load", "num_workers")
+IGNORED_WHEN_COMPARING = ("output_dir", "run_name", "load", "num_workers", "log_every", "checkpoint_every")
 CSV_COLUMNS = (
-    ["kind", "epoch", "step", "time", "loss", "lr", "train_loss", "val_loss", "epoch_seconds", "images_per_s"]
+    ["kind", "epoch", "step", "time", "loss", "lr", "train_loss", "val_loss", "epoch_seconds", "images_per_s",
+     "val_seconds", "checkpoint_seconds"]
     + [f"val_jaccard_{a}" for a in ATTRIBUTES] + [f"val_dice_{a}" for a in ATTRIBUTES]
     + ["val_jaccard", "val_dice", "val_macro_jaccard", "val_tuned_jaccard"]
 )
@@ -196,15 +197,19 @@ def latest_run(output_dir: str | Path = "runs", with_checkpoint: bool = True) ->
 
 def find_complete_run(output_dir: str | Path, params: dict[str, Any]) -> Path | None:
     """The newest complete run directly below ``output_dir`` trained with the same config as ``params`` (up to
-    :data:`IGNORED_WHEN_COMPARING`; config keys added after a run was made take their defaults)."""
+    :data:`IGNORED_WHEN_COMPARING` and the model options its model does not take; config keys added after a run
+    was made take their defaults)."""
     from skinseg.config import Config
     from skinseg.errors import ConfigError
 
     root = Path(output_dir)
     if not root.exists():
         return None
+    from skinseg.models.registry import unused_options
+
     wanted = Config.from_dict(params).resolved().to_dict()  # runs store their resolved normalization
-    wanted = {k: v for k, v in wanted.items() if k not in IGNORED_WHEN_COMPARING}
+    ignored = set(IGNORED_WHEN_COMPARING) | unused_options(wanted["model"])
+    wanted = {k: v for k, v in wanted.items() if k not in ignored}
     for path in sorted((p for p in root.iterdir() if p.is_dir()), reverse=True):
         run = RunFolder(path)
         if not run.is_complete():
@@ -213,7 +218,7 @@ def find_complete_run(output_dir: str | Path, params: dict[str, Any]) -> Path | 
             have = Config.from_dict({**Config().to_dict(), **run.config()}).resolved().to_dict()
         except ConfigError:  # a run made by another version of skinseg
             continue
-        if {k: v for k, v in have.items() if k not in IGNORED_WHEN_COMPARING} == wanted:
+        if {k: v for k, v in have.items() if k not in ignored} == wanted:
             return path
     return None
 

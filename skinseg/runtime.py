@@ -116,6 +116,8 @@ def setup_runtime(cfg: Config) -> Runtime:
             torch.cuda.set_device(local_rank)
             device = torch.device("cuda", local_rank)
     amp_dtype, use_scaler = pick_amp(cfg.amp, device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels once
     return Runtime(device, amp_dtype, use_scaler, rank, world, local_rank)
 
 

@@ -1,4 +1,4 @@
-"""Sweeps: run ``03_train`` through papermill for each YAML of ``params/sweeps/<name>/`` and compare the runs.
+"""Sweeps: run ``03_train`` through papermill (or ``skinseg train``, several at once) for each YAML of ``params/sweeps/<name>/`` and compare the runs.
 
 Each run's parameters are ``base`` (a params YAML, e.g. params/demo.yaml) updated by the sweep YAML, then by
 ``overrides``. A run whose resolved config matches a complete run already on disk is skipped.
@@ -48,27 +48,72 @@ def find_done(run_root: Path, params: dict[str, Any]) -> Path | None:
 
 
 def run_sweep(name: str, base: str | Path | None = "params/demo.yaml", overrides: dict | None = None,
-              out_dir: str | Path | None = None, kernel: str = "python3", progress: bool = True) -> pd.DataFrame:
-    """Run every config of a sweep that is not done yet; return the comparison table (one row per config)."""
-    import papermill as pm
+              out_dir: str | Path | None = None, kernel: str = "python3", progress: bool = True,
+              runner: str = "papermill", jobs: int = 1) -> pd.DataFrame:
+    """Run every config of a sweep that is not done yet; return the comparison table (one row per config).
 
+    ``runner="papermill"`` executes ``03_train`` per config (an executed notebook per run, one at a time);
+    ``runner="cli"`` runs ``skinseg train`` on the config's merged parameters (written next to its log as
+    ``<out_dir>/<config>.yaml``), ``jobs`` at a time: for nodes without Jupyter, and for filling a large GPU.
+    """
     out_dir = Path(out_dir) if out_dir else REPORTS_DIR / "sweeps" / name
     out_dir.mkdir(parents=True, exist_ok=True)
     base_params = load_params(base)
-    runs = {}
-    files = sweep_files(name)
-    for f in tqdm(files, desc=f"sweep {name}", disable=not progress):
+    todo, runs = {}, {}
+    for f in sweep_files(name):
         params = run_parameters(base_params, f, overrides, out_dir)
-        run_root = Path(params["output_dir"])
-        done = find_done(run_root, params)
+        done = find_done(Path(params["output_dir"]), params)
         if done is None:
-            pm.execute_notebook(str(NOTEBOOKS_DIR / "03_train.ipynb"), str(out_dir / f"{f.stem}.ipynb"),
-                                parameters=params, kernel_name=kernel, cwd=str(NOTEBOOKS_DIR), progress_bar=False)
-            done = find_done(run_root, params)
-            if done is None:
-                raise RuntimeError(f"sweep {name}: {f.name} ran but left no complete run in {run_root}")
+            todo[f.stem] = params
         runs[f.stem] = done
+    if runner == "papermill":
+        import papermill as pm
+
+        for stem, params in tqdm(todo.items(), desc=f"sweep {name}", disable=not progress):
+            pm.execute_notebook(str(NOTEBOOKS_DIR / "03_train.ipynb"), str(out_dir / f"{stem}.ipynb"),
+                                parameters=params, kernel_name=kernel, cwd=str(NOTEBOOKS_DIR), progress_bar=False)
+    elif runner == "cli":
+        _train_in_processes(todo, out_dir, jobs, progress)
+    else:
+        raise ConfigError(f"sweep runner {runner!r}: choose papermill or cli")
+    for stem, params in todo.items():
+        runs[stem] = find_done(Path(params["output_dir"]), params)
+        if runs[stem] is None:
+            raise RuntimeError(f"sweep {name}: {stem} ran but left no complete run in {params['output_dir']}")
     return comparison(runs)
+
+
+def _train_in_processes(todo: dict[str, dict], out_dir: Path, jobs: int, progress: bool) -> None:
+    """``skinseg train`` per config, ``jobs`` at a time; output to ``<out_dir>/<config>.log``. A failed run is
+    a RuntimeError naming its log (after the others finished)."""
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    waiting, running, failed = list(todo.items()), {}, []
+    while waiting or running:
+        while waiting and len(running) < max(1, jobs):
+            stem, params = waiting.pop(0)
+            (out_dir / f"{stem}.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+            log = open(out_dir / f"{stem}.log", "w")
+            cmd = [sys.executable, "-m", "skinseg", "train", "--config", str(out_dir / f"{stem}.yaml")]
+            running[stem] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log)
+            if progress:
+                print(f"started {stem} (log: {out_dir / f'{stem}.log'})", flush=True)
+        for stem, (proc, log) in list(running.items()):
+            if proc.poll() is not None:
+                log.close()
+                del running[stem]
+                if proc.returncode:
+                    failed.append(stem)
+                if progress:
+                    print(f"{stem}: {'failed' if proc.returncode else 'done'} (exit {proc.returncode})", flush=True)
+        time.sleep(0.5)
+    if failed:
+        raise RuntimeError(f"sweep runs failed: {', '.join(failed)}; see " +
+                           ", ".join(str(out_dir / f"{s}.log") for s in failed))
 
 
 def comparison(runs: dict[str, Path]) -> pd.DataFrame:

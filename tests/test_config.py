@@ -29,7 +29,7 @@ def test_unknown_key_names_it_and_the_closest_valid_key(tmp_path):
     [
         ("model", "unet++", "unet, unet-residual, unet-attention, unet-convnext-attention"),
         ("optimizer", "adamm", "adam, adamw, sgd, rmsprop, adabelief, adagrad"),
-        ("scheduler", "poly", "reduce_lr, cosine, cosine_restart, step, exp, onecycle"),
+        ("scheduler", "polynomial", "reduce_lr, cosine, cosine_restart, step, exp, onecycle, poly"),
         ("init", "he", "xavier, kaiming, orthogonal, normal, none"),
         ("resize_mode", "crop", "stretch, pad"),
     ],

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from skinseg.config import Config
-from skinseg.data.dataset import dev_holdout, make_dataset, make_loader
+from skinseg.data.dataset import dev_holdout, make_dataset, make_loader, rare_weights
 
 
 def _cfg(root, **kw):
@@ -119,3 +119,54 @@ def test_dev_seed_fixes_the_holdout_while_seed_varies(tmp_path, cache_root):
     assert len(set(by_seed.values())) > 1  # the hold-out follows `seed` by default ...
     for s in range(6):  # ... and `dev_seed` pins it, whatever `seed` is
         assert tuple(dev_ids(seed=s, dev_seed=3)) == by_seed[3]
+
+
+def test_nnunet_photometric_steps_change_the_image_only(tiny_root, cache_root):
+    geometry_off = dict(aug_flip_p=0.0, aug_rotate90_p=0.0, aug_rotate_p=0.0, aug_scale_p=0.0, aug_color_p=0.0)
+    cfg = _cfg(tiny_root, aug_gamma_p=1.0, aug_blur_p=1.0, aug_noise_p=1.0, aug_lowres_p=1.0, **geometry_off)
+    ds = make_dataset(cfg, "train", train=True)
+    names = [type(t).__name__ for t in ds.transform.transforms]
+    assert names[:4] == ["RandomGamma", "GaussianBlur", "GaussNoise", "Downscale"]
+    aug, plain = ds[0], make_dataset(cfg, "train", train=False)[0]
+    torch.testing.assert_close(aug["mask"], plain["mask"])  # masks untouched
+    assert (aug["image"] - plain["image"]).abs().mean() > 0.01
+    with pytest.raises(Exception, match="aug_blur_p"):
+        _cfg(tiny_root, aug_blur_p=1.5)
+
+
+def test_rare_weights_favour_the_rarest_present_attribute():
+    present = np.zeros((8, 5), bool)
+    present[:4, 0] = True  # 4 images with attribute 0
+    present[4, 2] = True   # 1 image with attribute 2 (rarest)
+    present[5, [0, 2]] = True  # both: the rarer one counts
+    w = rare_weights(present)
+    counts = present.sum(0)  # 5, 0, 2, 0, 0
+    assert w[0] == pytest.approx(1.0) and w[6] == 1.0 and w[7] == 1.0
+    assert w[4] == pytest.approx(np.sqrt(counts.max() / 2)) and w[5] == w[4]
+
+
+def test_rare_sampler_oversamples_seeded_and_keeps_epoch_length(tmp_path, cache_root):
+    from conftest import write_split
+
+    root = tmp_path / "d"
+    write_split(root, "train", [(32, 32)] * 24)  # attribute k on images whose id is a multiple of k + 2
+    cfg = Config(data_root=str(root), image_size=32, batch_size=4, sampler="rare", aug_flip_p=0.0,
+                 aug_rotate90_p=0.0, aug_rotate_p=0.0, aug_scale_p=0.0, aug_color_p=0.0)
+    loader = make_loader(cfg, "train", train=True)
+    present = loader.dataset.cache.present
+    w = rare_weights(present)
+    assert w.max() == pytest.approx(np.sqrt(12 / 4)) and w.min() == 1.0
+    draws = []
+    for epoch in range(40):
+        loader.sampler.set_epoch(epoch)
+        order = [i % 24 for i in loader.sampler]
+        assert len(order) == 24
+        draws += order
+    again = list(loader.sampler)
+    assert again == list(loader.sampler)  # seeded by epoch
+    freq = np.bincount(draws, minlength=24) / len(draws)
+    heavy, light = w > w.min(), w == w.min()
+    # images holding a rare attribute are drawn more often per image than the rest, as the weights say
+    assert freq[heavy].mean() > 1.3 * freq[light].mean()
+    plain = make_loader(cfg.replace(sampler="shuffle"), "train", train=True)
+    assert sorted(i % 24 for i in plain.sampler) == list(range(24))  # shuffle: each image once

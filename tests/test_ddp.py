@@ -34,7 +34,8 @@ def test_torchrun_two_cpu_processes(tmp_path):
     write_split(root, "train", [(40, 32)] * 8, seed=1)
     write_split(root, "val", [(40, 32), (48, 36), (40, 30)], seed=2, first_id=100)  # odd count: no padding
     cfg = {"data_root": str(root), "image_size": 32, "batch_size": 2, "epochs": 2, "base_channels": 8,
-           "output_dir": str(tmp_path / "runs"), "device": "cpu", "tune_thresholds": False, "aug_rotate_p": 0.5}
+           "output_dir": str(tmp_path / "runs"), "device": "cpu", "tune_thresholds": False, "aug_rotate_p": 0.5,
+           "log_every": 1}
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     (tmp_path / "runner.py").write_text(RUNNER)
     env = {**os.environ, "SKINSEG_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}

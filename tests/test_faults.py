@@ -550,6 +550,25 @@ def test_report_params_are_resolved_from_the_working_directory(tmp_path, capsys,
     assert Path(seen["params"]) == tmp_path / "mine.yaml"
 
 
+def test_report_options_reach_build_report(tmp_path, monkeypatch):
+    import skinseg.report as report
+    from skinseg.paths import IMAGES_DIR, REPORTS_DIR
+
+    calls = []
+    monkeypatch.setattr(report, "build_report", lambda params, data, **k: calls.append(k) or {
+        "html": "x", "pdf": None, "seconds": 0.0})
+    monkeypatch.chdir(tmp_path)
+    main(["report", "--no-pdf", "--out", "real", "--sweep", "isic_gpu", "--sweep-set", "epochs=1",
+          "--sweep-set", "base_channels=16", "--update-images", "pics"])
+    main(["report", "--no-pdf", "--update-images"])
+    main(["report", "--no-pdf"])
+    first, second, third = calls
+    assert first["out_dir"] == tmp_path / "real" and first["images_dir"] == tmp_path / "pics"
+    assert first["sweep"] == "isic_gpu" and first["sweep_overrides"] == {"epochs": 1, "base_channels": 16}
+    assert second["images_dir"] == IMAGES_DIR and "sweep" not in second and "sweep_overrides" not in second
+    assert third["images_dir"] is None and third["out_dir"] == REPORTS_DIR
+
+
 def test_a_corrupt_checkpoint_message_does_not_suggest_weights_only_false(tmp_path, small_root, capsys):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"garbage" * 10)

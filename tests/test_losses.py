@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from skinseg.config import Config
-from skinseg.losses import (CombinedLoss, bce_loss, focal_loss, soft_dice_loss, soft_jaccard_loss,
-                            tversky_loss)
+from skinseg.losses import (CombinedLoss, bce_loss, focal_loss, log_jaccard_loss, micro_jaccard_loss,
+                            soft_dice_loss, soft_jaccard_loss, tversky_loss)
 
 # one attribute, four pixels; logit 0 -> p = 0.5, logit ln 3 -> p = 0.75
 LOGITS = torch.tensor([math.log(3), 0.0, 0.0, -math.log(3)]).view(1, 1, 2, 2)
@@ -24,6 +24,27 @@ def test_soft_jaccard():
     inter = 1.25
     expected = 1 - (inter + 1) / (sum(P) + 2 - inter + 1)
     assert float(soft_jaccard_loss(LOGITS, TARGET)) == pytest.approx(expected)
+
+
+def test_log_jaccard():
+    inter = 1.25
+    expected = -math.log((inter + 1) / (sum(P) + 2 - inter + 1))
+    assert float(log_jaccard_loss(LOGITS, TARGET)) == pytest.approx(expected)
+
+
+def test_micro_jaccard_pools_attributes_and_images():
+    """Two attributes in two images: soft counts are summed over both before the ratio (the overall score's
+    shape), which differs from the mean of per-attribute Jaccards."""
+    logits = torch.stack([LOGITS[0, 0], torch.full((2, 2), 4.0)]).unsqueeze(0).repeat(2, 1, 1, 1)
+    target = torch.stack([TARGET[0, 0], torch.zeros(2, 2)]).unsqueeze(0).repeat(2, 1, 1, 1)
+    p2 = 1 / (1 + math.exp(-4.0))
+    inter = 2 * 1.25  # attribute 2 has no positives
+    union = 2 * (sum(P) + 2 - 1.25) + 2 * 4 * p2
+    assert float(micro_jaccard_loss(logits, target)) == pytest.approx(1 - (inter + 1) / (union + 1))
+    per_attribute = float(soft_jaccard_loss(logits, target))
+    assert abs(per_attribute - float(micro_jaccard_loss(logits, target))) > 0.05
+    weighted = float(micro_jaccard_loss(logits, target, weights=torch.tensor([1.0, 0.0])))
+    assert weighted == pytest.approx(1 - (inter + 1) / (2 * (sum(P) + 2 - 1.25) + 1))
 
 
 def test_tversky():

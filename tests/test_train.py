@@ -19,7 +19,7 @@ from skinseg.errors import CheckpointError
 def _cfg(root, tmp_path, **kw):
     base = dict(data_root=str(root), image_size=32, batch_size=2, epochs=2, base_channels=8, model="unet",
                 output_dir=str(tmp_path / "runs"), optimizer="adam", lr=3e-3, scheduler="cosine",
-                aug_rotate_p=0.5, aug_color_p=0.5, channels_last=True)
+                aug_rotate_p=0.5, aug_color_p=0.5, channels_last=True, log_every=1)
     base.update(kw)
     return Config(**base)
 
@@ -61,7 +61,7 @@ def test_overfits_one_small_batch(tmp_path, cache_root):
 
 
 def test_run_folder_contents(small_root, tmp_path, cache_root):
-    summary = train(_cfg(small_root, tmp_path), progress=False)
+    summary = train(_cfg(small_root, tmp_path, log_every=1), progress=False)
     run = summary["run_dir"]
     assert sorted(os.listdir(run)) == ["best.pt", "config.yaml", "done.json", "last.pt", "metrics.csv"]
     assert Config.from_yaml(os.path.join(run, "config.yaml")).base_channels == 8
@@ -71,6 +71,68 @@ def test_run_folder_contents(small_root, tmp_path, cache_root):
     state = load_checkpoint(os.path.join(run, "last.pt"))
     assert state["epoch"] == 2 and state["step"] == 6 and len(state["thresholds"]) == 5
     assert set(state) >= {"model", "optimizer", "scheduler", "scaler", "config", "history", "rng"}
+
+
+def test_loss_is_read_every_log_every_steps_as_the_mean_since_the_last_read(small_root, tmp_path, cache_root,
+                                                                           monkeypatch):
+    from skinseg.train.loop import Trainer
+
+    losses = []
+    real_step = Trainer.train_step
+
+    def recording_step(self, batch, epoch, update):
+        loss = real_step(self, batch, epoch, update)
+        losses.append(float(loss))
+        return loss
+
+    monkeypatch.setattr(Trainer, "train_step", recording_step)
+    summary = train(_cfg(small_root, tmp_path, log_every=2, epochs=2), progress=False)
+    steps = _rows(summary["run_dir"], "step")
+    # 3 steps per epoch: reads after step 2 (steps 1-2), at the epoch end (step 3), after 4, at the end (6)
+    assert [int(r["step"]) for r in steps] == [2, 3, 4, 6]
+    windows = [losses[0:2], losses[2:3], losses[3:4], losses[4:6]]
+    for row, window in zip(steps, windows):
+        assert float(row["loss"]) == pytest.approx(sum(window) / len(window), rel=1e-6)
+    epochs = _rows(summary["run_dir"], "epoch")
+    assert float(epochs[0]["train_loss"]) == pytest.approx(sum(losses[:3]) / 3, rel=1e-6)
+
+
+def test_val_every_and_checkpoint_every(small_root, tmp_path, cache_root, monkeypatch):
+    from skinseg import checkpoint as ckpt
+    from skinseg.train import loop
+
+    writes = []
+    real_save = loop.save_checkpoint
+    monkeypatch.setattr(loop, "save_checkpoint",
+                        lambda state, path: (writes.append((state["epoch"], path.name)), real_save(state, path)))
+    summary = train(_cfg(small_root, tmp_path, epochs=5, val_every=2, checkpoint_every=3), progress=False)
+    epochs = _rows(summary["run_dir"], "epoch")
+    validated = [int(r["epoch"]) for r in epochs if r["val_jaccard"]]
+    assert validated == [2, 4, 5]  # every 2nd epoch and the last
+    assert all(float(r["val_seconds"]) == 0 or r["val_jaccard"] for r in epochs)
+    assert all(r["checkpoint_seconds"] != "" for r in epochs)
+    lasts = [e for e, name in writes if name == "last.pt"]
+    bests = [e for e, name in writes if name == "best.pt"]
+    assert lasts == [3, 5] and set(bests) <= {2, 4, 5} and bests[0] == 2
+    assert summary["best_epoch"] == bests[-1]
+    assert ckpt.load_checkpoint(os.path.join(summary["run_dir"], "last.pt"))["epoch"] == 5
+
+
+def test_ema_decay_warms_up_with_the_step_count(small_root, tmp_path, cache_root):
+    from skinseg.train.optim import ema_decay
+
+    assert ema_decay(0, 0.999, True) == 0.0  # the first average is the model itself
+    assert ema_decay(100, 0.999, True) == pytest.approx(1 - 101 ** (-2 / 3))  # 0.954
+    assert ema_decay(10**6, 0.999, True) == 0.999 and ema_decay(5, 0.999, False) == 0.999
+    # over 6 steps a warmed-up 0.999 average follows the weights; a plain one stays at the first step's copy
+    runs = {}
+    for warm in (True, False):
+        summary = train(_cfg(small_root, tmp_path, ema=0.999, ema_warmup=warm, run_name=str(warm), epochs=2),
+                        progress=False)
+        state = load_checkpoint(os.path.join(summary["run_dir"], "last.pt"))
+        runs[warm] = max(float((state["model"][k].float() - state["train_model"][k].float()).abs().max())
+                         for k in state["model"] if state["model"][k].is_floating_point())
+    assert runs[True] < 0.5 * runs[False]
 
 
 def test_same_seed_same_metrics(small_root, tmp_path, cache_root):
@@ -324,3 +386,16 @@ def test_train_or_reuse_reuses_a_finished_run_of_the_same_config_only(small_root
         assert again[key] == first[key], key
     changed = train_or_reuse(_cfg(small_root, tmp_path, epochs=1, lr=1e-2), progress=False)
     assert "reused" not in changed and changed["run_dir"] != first["run_dir"]
+    wider = train_or_reuse(_cfg(small_root, tmp_path, epochs=1, base_channels=16), progress=False)
+    assert "reused" not in wider  # the scratch U-Net takes base_channels: another model
+
+
+def test_reuse_ignores_options_the_model_does_not_take(small_root, tmp_path, cache_root):
+    from skinseg.runs import find_complete_run
+
+    cfg = _cfg(small_root, tmp_path, epochs=1, model="unet-convnext-attention", encoder="convnext_atto",
+               channels_last=False)
+    first = train(cfg, progress=False)
+    # the ConvNeXt U-Net takes no base_channels: a run with another value is the same run
+    assert str(find_complete_run(tmp_path / "runs", cfg.replace(base_channels=64).to_dict())) == first["run_dir"]
+    assert find_complete_run(tmp_path / "runs", cfg.replace(encoder="convnext_femto").to_dict()) is None

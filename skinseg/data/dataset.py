@@ -56,12 +56,15 @@ class EpochSampler(Sampler):
     """A DistributedSampler (shuffled by seed + epoch, sharded by rank) whose indices carry the epoch.
 
     Index ``epoch * len(dataset) + k`` tells :class:`ISICDataset` both the sample and the epoch, so the
-    augmentation seed is known inside DataLoader workers without shared state.
+    augmentation seed is known inside DataLoader workers without shared state. With ``weights`` (one per
+    sample, see :func:`rare_weights`) an epoch is as many draws with replacement, seeded by seed + epoch.
     """
 
-    def __init__(self, dataset: Dataset, seed: int, rank: int = 0, world: int = 1):
+    def __init__(self, dataset: Dataset, seed: int, rank: int = 0, world: int = 1, weights=None):
         self.n = len(dataset)
         self.inner = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+        self.seed, self.rank, self.world = seed, rank, world
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -69,10 +72,26 @@ class EpochSampler(Sampler):
         self.inner.set_epoch(epoch)
 
     def __iter__(self):
-        return (self.epoch * self.n + i for i in self.inner)
+        order = iter(self.inner)
+        if self.weights is not None:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            drawn = torch.multinomial(self.weights, len(self.inner) * self.world, replacement=True,
+                                      generator=generator)
+            order = drawn[self.rank::self.world].tolist()
+        return (self.epoch * self.n + i for i in order)
 
     def __len__(self) -> int:
         return len(self.inner)
+
+
+def rare_weights(present: np.ndarray) -> np.ndarray:
+    """Sampling weight per image for ``sampler: rare``: sqrt(count of the most frequent attribute / count of
+    the image's rarest present attribute), 1 for images with none. On ISIC 2018 train that draws an image with
+    streaks (100 images) 3.9x, negative network (190) 2.8x and milia-like cysts (682) 1.5x as often as one with
+    pigment network (1523) alone."""
+    counts = np.maximum(present.sum(0), 1)
+    boost = np.sqrt(counts.max() / counts)
+    return np.where(present, boost[None], 1.0).max(1, initial=1.0)
 
 
 def dev_holdout(present: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -135,7 +154,12 @@ def make_loader(cfg: Config, split: str, train: bool, rank: int = 0, world: int 
         dataset = make_dataset(cfg, split, train)
     if train:
         dataset.seed = cfg.seed
-        sampler = EpochSampler(dataset, cfg.seed, rank, world)
+        weights = None
+        if cfg.sampler == "rare":
+            if dataset.cache.present is None:
+                raise DataError("sampler: rare needs the training split's ground truth")
+            weights = rare_weights(dataset.cache.present[dataset.indices])
+        sampler = EpochSampler(dataset, cfg.seed, rank, world, weights)
     else:
         sampler = list(range(rank, len(dataset), world))
     return DataLoader(
@@ -146,4 +170,5 @@ def make_loader(cfg: Config, split: str, train: bool, rank: int = 0, world: int 
         num_workers=cfg.num_workers,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=cfg.num_workers > 0,
+        prefetch_factor=4 if cfg.num_workers > 0 else None,
     )

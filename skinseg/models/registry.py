@@ -39,6 +39,12 @@ def model_options(name: str) -> tuple[str, ...]:
     return tuple(inspect.signature(_model_class(name)).parameters)[2:]
 
 
+def unused_options(name: str) -> set[str]:
+    """Config options that model ``name`` does not take (e.g. ``base_channels`` of the ConvNeXt U-Net): they
+    do not change what it trains, so :func:`skinseg.runs.find_complete_run` does not compare them."""
+    return {key for key in _CONFIG_OPTIONS if key not in model_options(name)}
+
+
 def create_model(name: str, in_channels: int = 3, classes: int = 5, **options: Any) -> SegmentationModel:
     """Build model ``name`` mapping (B, in_channels, H, W) images to (B, classes, H, W) logits.
 

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from skinseg.checkpoint import (load_checkpoint, load_model_weights, repair_best, rng_state, save_checkpoint,
                                set_rng_state)
 from skinseg.config import Config
+from skinseg.data.batch_augment import BatchAugment, batch_generator
 from skinseg.data.dataset import make_dataset, make_loader
 from skinseg.errors import CheckpointError, DataError, TrainingError
 from skinseg.files import ensure_writable
@@ -28,7 +29,7 @@ from skinseg.models import model_from_config
 from skinseg.paths import resolve
 from skinseg.runs import RunFolder, find_complete_run
 from skinseg.runtime import Runtime, amp_for_model, autocast, cleanup, seed_everything, setup_runtime
-from skinseg.train.optim import Schedule, build_optimizer
+from skinseg.train.optim import Schedule, build_optimizer, ema_model
 
 
 class Trainer:
@@ -66,8 +67,7 @@ class Trainer:
         self.loss_fn = CombinedLoss.from_config(cfg).to(self.rt.device)
         self.ema = None
         if cfg.ema:
-            self.ema = torch.optim.swa_utils.AveragedModel(
-                self.model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+            self.ema = ema_model(self.model, cfg.ema, cfg.ema_warmup, lambda: self.step)
         self.net = self.model
         if self.rt.distributed:
             ids = [self.rt.local_rank] if self.rt.device.type == "cuda" else None
@@ -76,6 +76,9 @@ class Trainer:
         if cfg.compile:
             self.net = torch.compile(self.net)
         self.epoch, self.step = 0, 0
+        # augment_on gpu: the batch augmentation, and the batches since the last optimizer step (its seed)
+        self.batch_augment = BatchAugment(cfg) if cfg.augment_on == "gpu" else None
+        self.micro_step = 0
         self.history: list[dict[str, Any]] = []
         self.best = {"score": -1.0, "epoch": 0, "thresholds": [cfg.threshold] * cfg.classes,
                      "gates": [0.0] * cfg.classes}
@@ -94,8 +97,12 @@ class Trainer:
                 self.on_epoch_start(epoch)
                 train_loss, seconds = self.train_epoch(epoch)
                 self.sync_buffers()
-                result = self.validate(epoch)
-                if self.on_epoch_end(epoch, train_loss, seconds, result):
+                result, val_seconds = None, 0.0
+                if self.validates(epoch):
+                    start = time.perf_counter()
+                    result = self.validate(epoch)
+                    val_seconds = time.perf_counter() - start
+                if self.on_epoch_end(epoch, train_loss, seconds, result, val_seconds):
                     reason = "early_stop"
                     break
             if self.rt.main:
@@ -112,34 +119,66 @@ class Trainer:
             # after .train(), so that a frozen encoder's BatchNorm stays in eval mode
             self.model.freeze_encoder(epoch < self.cfg.freeze_encoder)
 
+    def validates(self, epoch: int) -> bool:
+        """Whether epoch ``epoch`` (0-based) is validated: every ``val_every`` epochs and always the last."""
+        return (epoch + 1) % self.cfg.val_every == 0 or epoch + 1 == self.cfg.epochs
+
     def train_epoch(self, epoch: int) -> tuple[float, float]:
-        start, total, count = time.perf_counter(), 0.0, 0
+        """One pass over the training loader; (mean loss, seconds).
+
+        The loss is summed on the device and read (a host synchronisation) only every ``log_every`` optimizer
+        steps and at the end of the epoch: that read logs a metrics.csv step row (mean loss since the last read)
+        and checks that the loss is finite.
+        """
+        start = time.perf_counter()
         n = len(self.train_loader)
         bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", leave=False,
                    disable=not self.progress)
         self.optimizer.zero_grad(set_to_none=True)
+        # image-weighted loss sums, on the device: of the epoch, and since the last read
+        epoch_sum = torch.zeros((), dtype=torch.float64, device=self.rt.device)
+        window_sum = torch.zeros_like(epoch_sum)
+        epoch_images = window_images = 0
         for k, batch in enumerate(bar):
-            loss = self.train_step(batch, epoch, update=(k + 1) % self.cfg.accumulate == 0 or k + 1 == n)
-            total += loss * len(batch["image"])
-            count += len(batch["image"])
-            bar.set_postfix(loss=f"{loss:.4f}")
-        loss_sum = torch.tensor([total, count], dtype=torch.float64)
+            update = (k + 1) % self.cfg.accumulate == 0 or k + 1 == n
+            loss = self.train_step(batch, epoch, update)
+            images = len(batch["image"])
+            weighted = loss.double() * images
+            epoch_sum += weighted
+            window_sum += weighted
+            epoch_images += images
+            window_images += images
+            if (update and self.step % self.cfg.log_every == 0) or k + 1 == n:
+                mean = window_sum.item() / max(window_images, 1)
+                window_sum.zero_()
+                window_images = 0
+                if not math.isfinite(mean):
+                    self._non_finite(mean, batch, epoch)
+                if update:
+                    self._log({"kind": "step", "epoch": epoch + 1, "step": self.step, "loss": mean,
+                               "lr": self.optimizer.param_groups[-1]["lr"]})
+                bar.set_postfix(loss=f"{mean:.4f}")
+        totals = torch.stack([epoch_sum, epoch_sum.new_tensor(epoch_images)])
         if self.rt.distributed:
-            torch.distributed.all_reduce(loss_sum)
+            torch.distributed.all_reduce(totals)
+        total, count = totals.tolist()
         seconds = time.perf_counter() - start
-        return float(loss_sum[0] / max(loss_sum[1], 1)), seconds
+        return total / max(count, 1), seconds
 
-    def train_step(self, batch: dict, epoch: int, update: bool) -> float:
+    def train_step(self, batch: dict, epoch: int, update: bool) -> torch.Tensor:
+        """Forward, loss and backward of one batch (an optimizer step when ``update``); the detached loss, left
+        on the device (reading it would wait for the GPU)."""
         x = batch["image"].to(self.rt.device, non_blocking=True)
         y = batch["mask"].to(self.rt.device, non_blocking=True)
+        if self.batch_augment is not None:  # seeded by the batch's place in the run: a resumed run augments alike
+            x, y = self.batch_augment(x, y, batch_generator(self.cfg.seed, self.rt.rank, epoch, self.step,
+                                                            self.micro_step))
         if self.cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         try:
             with autocast(self.rt.device, self.rt.amp_dtype):
                 out = self.net(x)
             loss = self.loss_fn(out, y)
-            if not torch.isfinite(loss):
-                self._non_finite(loss, batch, epoch)
             self.scaler.scale(loss / self.cfg.accumulate).backward()
         except torch.cuda.OutOfMemoryError as e:
             raise TrainingError(
@@ -158,9 +197,8 @@ class Trainer:
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
             self.step += 1
-            self._log({"kind": "step", "epoch": epoch + 1, "step": self.step, "loss": loss.item(),
-                       "lr": self.optimizer.param_groups[-1]["lr"]})
-        return loss.item()
+        self.micro_step = 0 if update else self.micro_step + 1
+        return loss.detach()
 
     def sync_buffers(self) -> None:
         """Average BatchNorm statistics across ranks, so every rank validates and saves the same model."""
@@ -182,38 +220,52 @@ class Trainer:
         except NonFiniteOutputError as e:
             raise self._diverged("validation outputs became NaN or infinite", epoch, e.ids) from None
 
-    def on_epoch_end(self, epoch: int, train_loss: float, seconds: float, result) -> bool:
-        """Log, tune thresholds, step reduce_lr, save checkpoints; True to stop early."""
+    def on_epoch_end(self, epoch: int, train_loss: float, seconds: float, result, val_seconds: float) -> bool:
+        """Log, tune thresholds, step reduce_lr, save checkpoints; True to stop early.
+
+        ``result`` is None on epochs that were not validated (``val_every``): they log the training loss only
+        and count neither as improved nor as stale. ``last.pt`` is written every ``checkpoint_every`` epochs and
+        at the last one, ``best.pt`` whenever the score improves.
+        """
         self.epoch = epoch + 1
-        thresholds, gates, tuned = [self.cfg.threshold] * self.cfg.classes, [0.0] * self.cfg.classes, float("nan")
-        if self.cfg.tune_thresholds:
-            thresholds, gates, tuned = result.sweep.tune(tune_gate=self.cfg.aux_head)
-        row = {"kind": "epoch", "epoch": self.epoch, "step": self.step, "train_loss": train_loss,
-               "val_loss": result.loss, "epoch_seconds": seconds,
-               "images_per_s": len(self.train_loader.dataset) / max(seconds, 1e-9),
-               "lr": self.optimizer.param_groups[-1]["lr"], **result.scores.flat("val_"),
-               "val_tuned_jaccard": tuned}
-        self.history.append(row)
-        self._log(row)
-        score = tuned if self.cfg.tune_thresholds else result.scores.overall
-        self.schedule.after_epoch(score)
-        improved = score > self.best["score"]
-        if improved:
-            self.best = {"score": score, "epoch": self.epoch, "thresholds": thresholds, "gates": gates}
-            self.stale_epochs = 0
-        else:
-            self.stale_epochs += 1
+        improved, row = False, {"kind": "epoch", "epoch": self.epoch, "step": self.step, "train_loss": train_loss,
+                                "epoch_seconds": seconds,
+                                "images_per_s": len(self.train_loader.dataset) / max(seconds, 1e-9),
+                                "lr": self.optimizer.param_groups[-1]["lr"], "val_seconds": val_seconds}
+        if result is not None:
+            thresholds, gates = [self.cfg.threshold] * self.cfg.classes, [0.0] * self.cfg.classes
+            tuned = float("nan")
+            if self.cfg.tune_thresholds:
+                thresholds, gates, tuned = result.sweep.tune(tune_gate=self.cfg.aux_head)
+            row.update({"val_loss": result.loss, **result.scores.flat("val_"), "val_tuned_jaccard": tuned})
+            score = tuned if self.cfg.tune_thresholds else result.scores.overall
+            improved = score > self.best["score"]
+            if improved:
+                self.best = {"score": score, "epoch": self.epoch, "thresholds": thresholds, "gates": gates}
+                self.stale_epochs = 0
+            else:
+                self.stale_epochs += 1
+        self.schedule.after_epoch(None if result is None else score)
+        stop = result is not None and self.cfg.patience is not None and self.stale_epochs >= self.cfg.patience
+        self.history.append(row)  # before the checkpoints, which store the history
+        start = time.perf_counter()
         if self.rt.main:
             # last first, then best: a kill between the two leaves last.pt naming this epoch as best, and
             # resuming rewrites best.pt from it (checkpoint.repair_best)
-            state = self._state()
-            save_checkpoint(state, self.run.last)
+            write_last = self.epoch % self.cfg.checkpoint_every == 0 or self.epoch == self.cfg.epochs or stop
+            state = self._state() if write_last or improved else None
+            if write_last:
+                save_checkpoint(state, self.run.last)
             if improved:
                 save_checkpoint(state, self.run.best)
+        row["checkpoint_seconds"] = time.perf_counter() - start
+        self._log(row)
         if self.progress:
-            tqdm.write(f"epoch {self.epoch}: train loss {train_loss:.4f}, val loss {result.loss:.4f}, "
-                       f"val jaccard {result.scores.overall:.4f}, tuned {tuned:.4f}, {seconds:.1f}s")
-        return self.cfg.patience is not None and self.stale_epochs >= self.cfg.patience
+            said = (f", val loss {result.loss:.4f}, val jaccard {result.scores.overall:.4f}, "
+                    f"tuned {row['val_tuned_jaccard']:.4f}" if result is not None else "")
+            tqdm.write(f"epoch {self.epoch}: train loss {train_loss:.4f}{said}, {seconds:.1f}s "
+                       f"(validation {val_seconds:.1f}s, checkpoints {row['checkpoint_seconds']:.1f}s)")
+        return stop
 
     # ---- state -----------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -277,8 +329,8 @@ class Trainer:
         if self.rt.main:
             self.run.log(row)
 
-    def _non_finite(self, loss: torch.Tensor, batch: dict, epoch: int) -> None:
-        raise self._diverged(f"loss became {loss.item()}", epoch, list(batch["id"]))
+    def _non_finite(self, loss: float, batch: dict, epoch: int) -> None:
+        raise self._diverged(f"loss became {loss}", epoch, list(batch["id"]))
 
     def _diverged(self, what: str, epoch: int, ids: list[str]) -> TrainingError:
         last = self.run.last

@@ -41,6 +41,30 @@ def _encoder_lr_groups(model: torch.nn.Module, weight_decay: float, lr: float, e
     return groups
 
 
+def ema_decay(step: int, decay: float, warmup: bool) -> float:
+    """The EMA decay at optimizer step ``step``: ``decay``, or with ``warmup`` timm ModelEmaV3's warm-up
+    ``1 - (1 + step) ** (-2/3)`` capped at ``decay`` (0.95 after 100 steps, 0.99 after 1000), so that a
+    short schedule's average does not lag behind on its random initial weights."""
+    return min(decay, 1.0 - (1.0 + step) ** (-2.0 / 3.0)) if warmup else decay
+
+
+def ema_model(model: torch.nn.Module, decay: float, warmup: bool, step) -> torch.optim.swa_utils.AveragedModel:
+    """An EMA copy of ``model`` (buffers averaged too) whose decay follows :func:`ema_decay` at ``step()``, the
+    trainer's optimizer-step count (restored on resume, so a resumed run averages exactly as an unbroken one)."""
+
+    @torch.no_grad()
+    def update(ema_params, params, _num_averaged):
+        weight = 1.0 - ema_decay(step(), decay, warmup)
+        floats = [(e, p) for e, p in zip(ema_params, params) if e.is_floating_point()]
+        if floats:
+            torch._foreach_lerp_([e for e, _ in floats], [p for _, p in floats], weight)
+        for e, p in zip(ema_params, params):
+            if not e.is_floating_point():  # BatchNorm's num_batches_tracked
+                e.copy_(p)
+
+    return torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=update, use_buffers=True)
+
+
 class Schedule:
     """One object the trainer steps: ``after_batch()`` every optimizer step, ``after_epoch(score)`` every epoch."""
 
@@ -58,6 +82,8 @@ class Schedule:
             main = lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, t_max - warm), eta_min=cfg.eta_min)
         elif cfg.scheduler == "cosine_restart":
             main = lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=max(1, t_max), eta_min=cfg.eta_min)
+        elif cfg.scheduler == "poly":  # nnU-Net's: lr * (1 - t / T) ** 0.9
+            main = lr_scheduler.PolynomialLR(optimizer, total_iters=max(1, t_max - warm), power=0.9)
         elif cfg.scheduler == "step":
             main = lr_scheduler.StepLR(optimizer, step_size=cfg.step_size * spe, gamma=cfg.gamma)
         elif cfg.scheduler == "exp":
@@ -83,8 +109,9 @@ class Schedule:
         if self.batch is not None and (self.plateau is None or self.steps <= self.warm):
             self.batch.step()
 
-    def after_epoch(self, score: float) -> None:
-        if self.plateau is not None and not math.isnan(score):
+    def after_epoch(self, score: float | None) -> None:
+        """Once per epoch; ``score`` is None on epochs that were not validated (``val_every``)."""
+        if self.plateau is not None and score is not None and not math.isnan(score):
             self.plateau.step(score)
 
     def state_dict(self) -> dict:

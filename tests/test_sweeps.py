@@ -1,0 +1,37 @@
+"""Sweeps run through `skinseg train` processes (runner cli), several at once, and reuse finished runs."""
+import pytest
+import yaml
+
+from skinseg import sweeps
+
+
+def _sweep(tmp_path, monkeypatch, small_root, files):
+    params = tmp_path / "params"
+    (params / "sweeps" / "mini").mkdir(parents=True)
+    for name, values in files.items():
+        (params / "sweeps" / "mini" / f"{name}.yaml").write_text(yaml.safe_dump(values))
+    base = params / "base.yaml"
+    base.write_text(yaml.safe_dump(dict(data_root=str(small_root), image_size=32, batch_size=2, epochs=1,
+                                        base_channels=8, model="unet", channels_last=False)))
+    monkeypatch.setattr(sweeps, "PARAMS_DIR", params)
+    return base
+
+
+def test_cli_runner_trains_configs_in_parallel_and_reuses_them(small_root, tmp_path, cache_root, monkeypatch):
+    base = _sweep(tmp_path, monkeypatch, small_root, {"a_plain": {}, "b_jaccard": {"loss": {"log_jaccard": 1.0}}})
+    out = tmp_path / "out"
+    table = sweeps.run_sweep("mini", base=base, out_dir=out, runner="cli", jobs=2, progress=False)
+    assert sorted(table.index) == ["a_plain", "b_jaccard"] and (table["ended"] == "completed").all()
+    assert yaml.safe_load((out / "b_jaccard.yaml").read_text())["loss"] == {"log_jaccard": 1.0}
+    assert (out / "a_plain.log").exists()
+    runs = {name: sorted((out / name / "runs").iterdir()) for name in table.index}
+    assert all(len(r) == 1 for r in runs.values())
+    again = sweeps.run_sweep("mini", base=base, out_dir=out, runner="cli", jobs=2, progress=False)
+    assert again.equals(table)  # nothing retrained
+    assert all(sorted((out / name / "runs").iterdir()) == r for name, r in runs.items())
+
+
+def test_cli_runner_names_the_log_of_a_failed_run(small_root, tmp_path, cache_root, monkeypatch):
+    base = _sweep(tmp_path, monkeypatch, small_root, {"bad": {"data_root": str(tmp_path / "nowhere")}})
+    with pytest.raises(RuntimeError, match=r"bad\.log"):
+        sweeps.run_sweep("mini", base=base, out_dir=tmp_path / "out", runner="cli", progress=False)
