@@ -88,16 +88,19 @@ class PredictedBatch:
     probs: torch.Tensor
     presence: torch.Tensor | None
     target: torch.Tensor | None
-    loss: float | None = None
+    loss: torch.Tensor | None = None  # the batch's mean loss, on the device
+    finite: torch.Tensor | None = None  # per image: are all its outputs finite (on the device)
 
 
 @torch.no_grad()
 def predict_batches(model: torch.nn.Module, loader, device: torch.device, tta: str = "none",
                     amp_dtype: torch.dtype | None = None, channels_last: bool = False, loss_fn=None,
-                    progress: bool = False, desc: str = "predicting"):
+                    progress: bool = False, desc: str = "predicting", check_finite: bool = True):
     """The one prediction loop: yields a :class:`PredictedBatch` per batch of ``loader``.
 
-    Raises NonFiniteOutputError when the model's outputs are NaN or infinite.
+    Raises NonFiniteOutputError when the model's outputs are NaN or infinite; with ``check_finite=False`` the
+    caller checks ``PredictedBatch.finite`` itself (evaluation does, once, so that it never waits for the GPU
+    inside the loop).
     """
     model.eval()
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
@@ -109,16 +112,22 @@ def predict_batches(model: torch.nn.Module, loader, device: torch.device, tta: s
         if loss_fn is not None and target is not None:
             with autocast(device, amp_dtype):
                 out = model(x)
-            loss = float(loss_fn(out, target))
+            loss = loss_fn(out, target).detach()
         probs, presence = predict_probs(model, x, tta, amp_dtype, output=out)
-        finite = torch.isfinite(probs).all() if presence is None else torch.isfinite(probs).all() & torch.isfinite(
-            presence).all()
-        if not finite:  # which images, only when it happened
-            bad = ~torch.isfinite(probs.flatten(1)).all(1)
-            if presence is not None:
-                bad |= ~torch.isfinite(presence).all(1)
-            raise NonFiniteOutputError([batch["id"][k] for k in bad.nonzero().flatten().tolist()])
-        yield PredictedBatch(batch, probs, presence, target, loss)
+        finite = torch.isfinite(probs.flatten(1)).all(1)
+        if presence is not None:
+            finite &= torch.isfinite(presence).all(1)
+        if check_finite:
+            raise_non_finite([finite], [batch["id"]])
+        yield PredictedBatch(batch, probs, presence, target, loss, finite)
+
+
+def raise_non_finite(finite: list[torch.Tensor], ids: list[list[str]]) -> None:
+    """NonFiniteOutputError naming the images whose outputs were not finite, if any (one host copy)."""
+    flags = torch.cat(finite).cpu()
+    if not bool(flags.all()):
+        names = [name for batch in ids for name in batch]
+        raise NonFiniteOutputError([names[k] for k in (~flags).nonzero().flatten().tolist()])
 
 
 def at_original_size(cache: SplitCache, pb: PredictedBatch):
@@ -190,6 +199,9 @@ def evaluate_model(model: torch.nn.Module, loader, device: torch.device, thresho
                    per_image: bool = False, reduce: bool = True) -> EvalResult:
     """Score a model on a loader with the official metric (streaming, on ``device``).
 
+    Counts, threshold histograms, the loss and the finite checks stay on the device until the end: one host
+    copy per evaluation, not one per batch.
+
     Probabilities are compared with the truth at its original resolution when the cache geometry differs.
     (:func:`skinseg.evaluation.evaluate_checkpoint` does the same for a checkpoint file and a data root.)
     """
@@ -201,10 +213,13 @@ def evaluate_model(model: torch.nn.Module, loader, device: torch.device, thresho
     at_original = needs_original(cache)
     if at_original and originals is None:
         originals = OriginalMasks(cache)
-    loss_sum, loss_n, rows = 0.0, 0, []
-    for pb in predict_batches(model, loader, device, tta, amp_dtype, channels_last, loss_fn, progress, "evaluating"):
+    loss_sum, loss_n, rows, finite, ids = torch.zeros((), dtype=torch.float64, device=device), 0, [], [], []
+    for pb in predict_batches(model, loader, device, tta, amp_dtype, channels_last, loss_fn, progress, "evaluating",
+                              check_finite=False):
+        finite.append(pb.finite)
+        ids.append(list(pb.batch["id"]))
         if pb.loss is not None:
-            loss_sum += pb.loss * len(pb.probs)
+            loss_sum += pb.loss.double() * len(pb.probs)
             loss_n += len(pb.probs)
         if not at_original:
             _accumulate(score, sweep, pb.probs, pb.target, pb.presence, thresholds, gates)
@@ -216,10 +231,12 @@ def evaluate_model(model: torch.nn.Module, loader, device: torch.device, thresho
             _accumulate(score, sweep, p, t, pres, thresholds, gates)
             if per_image:
                 rows += _per_image({"id": [image_id], "index": [index]}, p, t, pres, thresholds, gates)
+    if finite:
+        raise_non_finite(finite, ids)
     if reduce:
         score.all_reduce()
         sweep.all_reduce()
-    return EvalResult(score.compute(), sweep, loss_sum / max(loss_n, 1) if loss_n else float("nan"), rows)
+    return EvalResult(score.compute(), sweep, float(loss_sum) / max(loss_n, 1) if loss_n else float("nan"), rows)
 
 
 def _accumulate(score, sweep, probs, target, presence, thresholds, gates) -> None:

@@ -164,20 +164,28 @@ class ThresholdSweep:
             probs, target = probs[None], target[None]
             presence = None if presence is None else presence[None]
         b, c, h, w = probs.shape
-        idx = (probs.float().clamp(0, 1) * self.bins).long().clamp_max(self.bins - 1).reshape(b, c, -1)
+        # NaN counted as 0: evaluation checks finiteness once, after the loop (inference.raise_non_finite)
+        idx = (probs.float().nan_to_num(0.0).clamp(0, 1) * self.bins).long().clamp_max(self.bins - 1)
+        idx = idx.reshape(b, c, -1)
         t = (target > 0.5).reshape(b, c, -1)
         offs = (torch.arange(b * c, device=idx.device) * self.bins).view(b, c, 1)
         flat = (idx + offs).reshape(-1)
         pos = torch.bincount(flat[t.reshape(-1)], minlength=b * c * self.bins).view(b, c, self.bins)
         neg = torch.bincount(flat[~t.reshape(-1)], minlength=b * c * self.bins).view(b, c, self.bins)
-        pos, neg = pos.double().cpu() / (h * w), neg.double().cpu() / (h * w)
+        pos, neg = pos.double() / (h * w), neg.double() / (h * w)
+        if self.pos.device != pos.device:  # the histograms live where the probabilities are: no copy per batch
+            self._to(pos.device)
         if presence is None:
-            keep = torch.ones(len(self.gate_cutoffs), b, c, dtype=torch.float64)
+            keep = torch.ones(len(self.gate_cutoffs), b, c, dtype=torch.float64, device=pos.device)
         else:
-            keep = (presence.double().cpu()[None] >= self.gate_cutoffs.view(-1, 1, 1)).double()
+            keep = (presence.double()[None] >= self.gate_cutoffs.view(-1, 1, 1)).double()
         self.pos += torch.einsum("gbc,bck->gck", keep, pos)
         self.neg += torch.einsum("gbc,bck->gck", keep, neg)
         self.pos_total += pos.sum((0, 2))
+
+    def _to(self, device) -> None:
+        for name in ("pos", "neg", "pos_total", "gate_cutoffs"):
+            setattr(self, name, getattr(self, name).to(device))
 
     def all_reduce(self) -> None:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -185,10 +193,12 @@ class ThresholdSweep:
                 t = getattr(self, name)
                 t = t.cuda() if torch.distributed.get_backend() == "nccl" else t
                 torch.distributed.all_reduce(t)
-                setattr(self, name, t.cpu())
+                setattr(self, name, t)
+        self._to("cpu")  # read by counts() and tune(): one copy per evaluation
 
     def counts(self, thresholds, gate: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """TP, FP, FN per attribute at per-attribute thresholds (probability >= t is positive)."""
+        self._to("cpu")
         k = torch.as_tensor([int(round(float(t) * self.bins)) for t in thresholds]).clamp(0, self.bins)
         ar = torch.arange(self.bins)
         above = (ar[None, :] >= k[:, None]).double()
@@ -208,6 +218,7 @@ class ThresholdSweep:
         Returns:
             thresholds, gate cut-offs (list per attribute; 0.0 means no gating), and the tuned overall score.
         """
+        self._to("cpu")
         grid = grid or tuple(k / self.bins for k in range(1, self.bins))
         ks = [int(round(t * self.bins)) for t in grid]
         # TP/FP of every (gate, attribute, threshold bin) at once: sums of the histogram from the bin up

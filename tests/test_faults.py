@@ -497,6 +497,30 @@ def test_nan_outputs_in_validation_stop_with_the_nan_loss_message(small_root, tm
         trainer.fit()
 
 
+def test_evaluation_names_exactly_the_images_with_non_finite_outputs(small_root, cache_root):
+    """Evaluation checks finiteness once, after the loop: it still names the one bad image of the second batch."""
+    from skinseg.data.dataset import make_loader
+    from skinseg.inference import NonFiniteOutputError, evaluate_model
+    from skinseg.models import create_model
+
+    cfg = Config(data_root=str(small_root), image_size=32, batch_size=2, val_split="train")
+    loader = make_loader(cfg, "train", train=False)
+    model = create_model("unet", base_channels=8)
+    calls = []
+
+    def poison(module, inputs, out):
+        calls.append(1)
+        if len(calls) == 2:
+            out = out.clone()
+            out[1] = float("nan")
+        return out
+
+    model.register_forward_hook(poison)
+    with pytest.raises(NonFiniteOutputError) as e:
+        evaluate_model(model, loader, torch.device("cpu"))
+    assert e.value.ids == [loader.dataset.cache.ids[3]] and len(calls) == 3  # the loop ran to its end
+
+
 def test_evaluating_a_diverged_checkpoint_is_a_one_line_error(small_root, tiny_run, capsys):
     best = RunFolder(tiny_run).best
     state = load_checkpoint(best)
