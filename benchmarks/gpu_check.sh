@@ -73,13 +73,15 @@ rm -f "$OUT_DIR/train_step.jsonl"
 "$PY" benchmarks/train_step.py "${STEP[@]}" --channels-last on --json "$OUT_DIR/train_step.jsonl" \
   --models unet,unet-convnext-attention,unet-convnext-attention:tf_efficientnet_lite0,unet-convnext-attention:tf_efficientnet_lite2
 echo "== DataLoader alone"
-"$PY" benchmarks/data_pipeline.py "${LOADER[@]}" --data "${LOADER_DATA:-$DATA}" 2>/dev/null | tee "$OUT_DIR/loader.txt"
+# each stage has its own time limit, so that one that stalls leaves the others their time (and says so)
+timeout "${LOADER_LIMIT:-150}" "$PY" benchmarks/data_pipeline.py "${LOADER[@]}" --data "${LOADER_DATA:-$DATA}" 2>/dev/null \
+  | tee "$OUT_DIR/loader.txt" || echo "(the loader stage stopped at its limit of ${LOADER_LIMIT:-150} s)" | tee -a "$OUT_DIR/loader.txt"
 echo "== 2 epochs of each recipe"
 for recipe in isic isic_scratch isic_cpu isic_cpu_scratch; do
   extra=()
   if "$PY" -c "import sys; from skinseg.config import Config; from skinseg.models.weights import packaged_file; c = Config.from_yaml('params/$recipe.yaml'); sys.exit(0 if not c.pretrained or packaged_file(c.encoder) else 1)"; then :
   else extra=(--set pretrained=false); echo "$recipe: no weights package for its encoder here: random init (timing only)"; fi
-  "$PY" -m skinseg train --config "params/$recipe.yaml" --set "data_root=$DATA" --set epochs=2 --set warmup_epochs=0 \
+  timeout "${RECIPE_LIMIT:-240}" "$PY" -m skinseg train --config "params/$recipe.yaml" --set "data_root=$DATA" --set epochs=2 --set warmup_epochs=0 \
     --set "output_dir=$OUT_DIR/runs/$recipe" --set val_every=1 --set checkpoint_every=1 "${extra[@]}" "${TOY[@]}" \
     > "$OUT_DIR/$recipe.log" 2>&1 || { echo "$recipe failed: see $OUT_DIR/$recipe.log"; tail -5 "$OUT_DIR/$recipe.log"; }
 done

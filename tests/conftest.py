@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -40,6 +41,40 @@ def write_split(root: Path, split: str, sizes: list[tuple[int, int]], seed: int 
                 m[h // 4 : h // 2, w // 4 : w // 2] = 255
             Image.fromarray(m, mode="L").save(gt_dir / mask_name(image_id, attribute))
     return ids
+
+
+def crash_and_resume(make_cfg, runs: Path, monkeypatch) -> dict:
+    """Train ``make_cfg(run_name="split")``, interrupted at the start of its second epoch, then resume it from its
+    last.pt (``make_cfg(run_name="split", load=...)``); the resumed run's summary."""
+    from skinseg.train import train
+    from skinseg.train.loop import Trainer
+
+    real_epoch = Trainer.train_epoch
+
+    def crash_in_second_epoch(self, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real_epoch(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", crash_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(make_cfg(run_name="split"), progress=False)
+    monkeypatch.setattr(Trainer, "train_epoch", real_epoch)
+    run_dir = next(p for p in runs.iterdir() if p.name.endswith("split"))
+    resumed = train(make_cfg(run_name="split", load=str(run_dir / "last.pt")), progress=False)
+    assert resumed["run_dir"] == str(run_dir)
+    return resumed
+
+
+def assert_same_weights(run_a: str, run_b: str) -> None:
+    """The final weights (last.pt) of two run folders are bit-identical."""
+    from skinseg.checkpoint import load_checkpoint
+
+    w1 = load_checkpoint(Path(run_a) / "last.pt")["model"]
+    w2 = load_checkpoint(Path(run_b) / "last.pt")["model"]
+    assert w1.keys() == w2.keys()
+    for k in w1:
+        assert torch.equal(w1[k], w2[k]), k
 
 
 @pytest.fixture

@@ -1,10 +1,10 @@
 """augment_on gpu: the batch augmentation keeps image and masks aligned, is exact where it should be, seeded,
 colour-only where it should be, and trains and resumes exactly (on the CPU here)."""
-import os
 
 import pytest
 import torch
 
+from conftest import assert_same_weights, crash_and_resume
 from skinseg.config import Config
 from skinseg.data.augment import train_transform
 from skinseg.data.batch_augment import BatchAugment, batch_generator
@@ -111,9 +111,7 @@ def test_gpu_mode_leaves_only_crop_and_image_only_steps_to_the_workers():
 
 
 def test_training_with_gpu_augmentation_resumes_exactly(small_root, tmp_path, cache_root, monkeypatch):
-    from skinseg.checkpoint import load_checkpoint
     from skinseg.train import train
-    from skinseg.train.loop import Trainer
 
     def cfg(**kw):
         return Config(data_root=str(small_root), image_size=32, batch_size=2, epochs=2, base_channels=8,
@@ -125,21 +123,6 @@ def test_training_with_gpu_augmentation_resumes_exactly(small_root, tmp_path, ca
     monkeypatch.setattr(BatchAugment, "__call__", lambda self, *a: (calls.append(1), real_call(self, *a))[1])
     straight = train(cfg(run_name="straight"), progress=False)
     assert len(calls) == 6  # 3 batches per epoch, each augmented on the device
-    real_epoch = Trainer.train_epoch
-
-    def crash_in_second_epoch(self, epoch):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return real_epoch(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_epoch", crash_in_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg(run_name="split"), progress=False)
-    monkeypatch.setattr(Trainer, "train_epoch", real_epoch)
-    run_dir = next(p for p in (tmp_path / "runs").iterdir() if p.name.endswith("split"))
-    resumed = train(cfg(run_name="split", load=str(run_dir / "last.pt")), progress=False)
+    resumed = crash_and_resume(cfg, tmp_path / "runs", monkeypatch)
     assert resumed["epochs_run"] == 2
-    w1 = load_checkpoint(os.path.join(straight["run_dir"], "last.pt"))["model"]
-    w2 = load_checkpoint(os.path.join(resumed["run_dir"], "last.pt"))["model"]
-    for k in w1:
-        assert torch.equal(w1[k], w2[k]), k
+    assert_same_weights(straight["run_dir"], resumed["run_dir"])

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import assert_same_weights, crash_and_resume
 from skinseg.config import Config
 from skinseg.data.isic import ATTRIBUTES
 from skinseg.train import TrainingError, train
@@ -143,27 +144,10 @@ def test_same_seed_same_metrics(small_root, tmp_path, cache_root):
 
 
 def test_resume_is_exact(small_root, tmp_path, cache_root, monkeypatch):
-    from skinseg.train.loop import Trainer
-
     straight = train(_cfg(small_root, tmp_path, run_name="straight"), progress=False)
-    real_epoch = Trainer.train_epoch
-
-    def crash_in_second_epoch(self, epoch):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return real_epoch(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_epoch", crash_in_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train(_cfg(small_root, tmp_path, run_name="split"), progress=False)
-    monkeypatch.setattr(Trainer, "train_epoch", real_epoch)
-    run_dir = next(p for p in (tmp_path / "runs").iterdir() if p.name.endswith("split"))
-    resumed = train(_cfg(small_root, tmp_path, run_name="split", load=str(run_dir / "last.pt")), progress=False)
-    assert resumed["run_dir"] == str(run_dir) and resumed["epochs_run"] == 2
-    w1 = load_checkpoint(os.path.join(straight["run_dir"], "last.pt"))["model"]
-    w2 = load_checkpoint(os.path.join(resumed["run_dir"], "last.pt"))["model"]
-    for k in w1:
-        assert torch.equal(w1[k], w2[k]), k
+    resumed = crash_and_resume(lambda **kw: _cfg(small_root, tmp_path, **kw), tmp_path / "runs", monkeypatch)
+    assert resumed["epochs_run"] == 2
+    assert_same_weights(straight["run_dir"], resumed["run_dir"])
     assert len(_rows(resumed["run_dir"], "epoch")) == 2 and len(_rows(resumed["run_dir"], "step")) == 6
 
 
