@@ -1,5 +1,6 @@
 """`compile: true` (torch.compile, inductor) trains and resumes exactly on the CPU."""
 import os
+import shutil
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ def _cfg(root, tmp_path, **kw):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc")), reason="inductor needs a C compiler (cc)")
 def test_compiled_training_resumes_bit_identical(small_root, tmp_path, cache_root, monkeypatch):
     torch._dynamo.reset()
     straight = train(_cfg(small_root, tmp_path, run_name="straight"), progress=False)
