@@ -26,16 +26,17 @@ done
 DATA="$(cd "$DATA" && pwd)"
 mkdir -p "$OUT_DIR/scratch"
 start=$(date +%s)
-"$PY" -m skinseg sweep isic_gpu --base params/isic.yaml --runner cli --jobs 4 --out "$OUT_DIR/sweep" \
+# each in a process group of its own, so that --limit stops it with the trainings it started, and nothing else
+setsid "$PY" -m skinseg sweep isic_gpu --base params/isic.yaml --runner cli --jobs 4 --out "$OUT_DIR/sweep" \
   --set "data_root=$DATA" --set "num_workers=$WORKERS" "${SETS[@]}" > "$OUT_DIR/sweep.log" 2>&1 &
 SWEEP=$!
-"$PY" -m skinseg train --config params/isic_scratch.yaml --set "data_root=$DATA" --set "num_workers=$WORKERS" \
+setsid "$PY" -m skinseg train --config params/isic_scratch.yaml --set "data_root=$DATA" --set "num_workers=$WORKERS" \
   --set "output_dir=$OUT_DIR/scratch/runs" --set run_name=isic_scratch "${SETS[@]}" > "$OUT_DIR/scratch.log" 2>&1 &
 SCRATCH=$!
 while kill -0 $SWEEP 2>/dev/null || kill -0 $SCRATCH 2>/dev/null; do
   if [ $(( $(date +%s) - start )) -ge "$LIMIT" ]; then
     echo "limit of $LIMIT s reached: stopping the trainings still running"
-    pkill -TERM -f "skinseg (train|sweep)" || true; sleep 3; pkill -KILL -f "skinseg (train|sweep)" || true
+    kill -TERM -- -$SWEEP -$SCRATCH 2>/dev/null; sleep 3; kill -KILL -- -$SWEEP -$SCRATCH 2>/dev/null
     break
   fi
   sleep 2

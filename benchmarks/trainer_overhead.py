@@ -67,14 +67,12 @@ def main() -> None:
     ends = epochs["time"].to_numpy()
     per_epoch = list(ends[1:] - ends[:-1])
     train_s = epochs["epoch_seconds"][1:]
+    med_epoch, med_train = statistics.median(per_epoch), statistics.median(train_s)
     print(f"skinseg {Path(skinseg.__file__).parent}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"one-convolution model, batch 16, 64 px, {args.images} images ({steps} steps per epoch), "
           f"augmentation {'off' if args.no_augment else 'on'}, "
           f"{args.epochs} epochs; medians over epochs 2-{args.epochs}")
-    print(f"training: {steps / statistics.median(train_s):.1f} steps/s "
-          f"({1000 * statistics.median(train_s) / steps:.1f} ms per step)")
-    med_epoch = statistics.median(per_epoch)
-    med_train = statistics.median(train_s)
+    print(f"training: {steps / med_train:.1f} steps/s ({1000 * med_train / steps:.1f} ms per step)")
     line = f"epoch {med_epoch:.2f} s: training {med_train:.2f} s ({100 * med_train / med_epoch:.0f}%)"
     if "val_seconds" in epochs:
         v, c = statistics.median(epochs["val_seconds"][1:]), statistics.median(epochs["checkpoint_seconds"][1:])

@@ -39,14 +39,17 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     buffer = io.BytesIO()
     torch.save({"format": FORMAT, **state}, buffer)
     data = buffer.getbuffer()
-    full = (f"disk full while writing checkpoint {path} ({space_message(path.parent, len(data))}); the previous "
-            f"{path.name} is kept. Free space, then resume the run from its last checkpoint (config key `load`)")
+    what = f"disk full while writing checkpoint {path}"
+    hint = (f"the previous {path.name} is kept. Free space, then resume the run from its last checkpoint "
+            "(config key `load`)")
     try:
-        ensure_space(path.parent, len(data), "disk full", "")
+        ensure_space(path.parent, len(data), what, hint)
         write_atomic(path, data, fsync=True)
+    except DiskFullError:
+        raise
     except OSError as e:
         if is_disk_full(e):
-            raise DiskFullError(full) from None
+            raise DiskFullError(f"{what} ({space_message(path.parent, len(data))}); {hint}") from None
         raise CheckpointError(f"could not write checkpoint {path}: {e.strerror or e}; the previous file is kept") from None
     return path
 

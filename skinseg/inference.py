@@ -213,7 +213,9 @@ def evaluate_model(model: torch.nn.Module, loader, device: torch.device, thresho
     at_original = needs_original(cache)
     if at_original and originals is None:
         originals = OriginalMasks(cache)
-    loss_sum, loss_n, rows, finite, ids = torch.zeros((), dtype=torch.float64, device=device), 0, [], [], []
+    loss_sum, loss_n = torch.zeros((), dtype=torch.float64, device=device), 0
+    rows: list[dict] = []
+    finite, ids = [], []  # per batch: which images' outputs are finite (on the device), and their ids
     for pb in predict_batches(model, loader, device, tta, amp_dtype, channels_last, loss_fn, progress, "evaluating",
                               check_finite=False):
         finite.append(pb.finite)

@@ -29,21 +29,23 @@ def soft_dice_loss(logits, target, weights=None, smooth: float = SMOOTH):
     return _weighted_mean(1 - (2 * inter + smooth) / (denom + smooth), weights)
 
 
-def soft_jaccard_loss(logits, target, weights=None, smooth: float = SMOOTH):
+def _soft_overlap(logits, target) -> tuple[torch.Tensor, torch.Tensor]:
+    """Soft intersection and union per attribute, summed over the whole batch."""
     p = torch.sigmoid(logits.float())
     t = target.float()
     inter = (p * t).sum((0, 2, 3))
-    union = p.sum((0, 2, 3)) + t.sum((0, 2, 3)) - inter
+    return inter, p.sum((0, 2, 3)) + t.sum((0, 2, 3)) - inter
+
+
+def soft_jaccard_loss(logits, target, weights=None, smooth: float = SMOOTH):
+    inter, union = _soft_overlap(logits, target)
     return _weighted_mean(1 - (inter + smooth) / (union + smooth), weights)
 
 
 def log_jaccard_loss(logits, target, weights=None, smooth: float = SMOOTH):
     """-log of the batch-pooled soft Jaccard per attribute (Chen et al., ISIC 2018 Task 2, 5th place): steep
     where the overlap is small, so attributes the model still misses weigh more than with 1 - Jaccard."""
-    p = torch.sigmoid(logits.float())
-    t = target.float()
-    inter = (p * t).sum((0, 2, 3))
-    union = p.sum((0, 2, 3)) + t.sum((0, 2, 3)) - inter
+    inter, union = _soft_overlap(logits, target)
     return _weighted_mean(-torch.log((inter + smooth) / (union + smooth)), weights)
 
 
@@ -51,10 +53,7 @@ def micro_jaccard_loss(logits, target, weights=None, smooth: float = SMOOTH):
     """1 - soft Jaccard pooled over the batch *and* the attributes: the shape of the leaderboard's overall
     score (sums of per-pixel-normalized TP/FP/FN over all images and attributes; images of one batch share a
     size). ``weights`` scale each attribute's soft counts."""
-    p = torch.sigmoid(logits.float())
-    t = target.float()
-    inter = (p * t).sum((0, 2, 3))
-    union = p.sum((0, 2, 3)) + t.sum((0, 2, 3)) - inter
+    inter, union = _soft_overlap(logits, target)
     if weights is not None:
         inter, union = inter * weights, union * weights
     return 1 - (inter.sum() + smooth) / (union.sum() + smooth)

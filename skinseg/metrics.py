@@ -184,6 +184,7 @@ class ThresholdSweep:
         self.pos_total += pos.sum((0, 2))
 
     def _to(self, device) -> None:
+        """Move the histograms (to the probabilities' device while counting; to the CPU, once, to be read)."""
         for name in ("pos", "neg", "pos_total", "gate_cutoffs"):
             setattr(self, name, getattr(self, name).to(device))
 
@@ -194,7 +195,6 @@ class ThresholdSweep:
                 t = t.cuda() if torch.distributed.get_backend() == "nccl" else t
                 torch.distributed.all_reduce(t)
                 setattr(self, name, t)
-        self._to("cpu")  # read by counts() and tune(): one copy per evaluation
 
     def counts(self, thresholds, gate: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """TP, FP, FN per attribute at per-attribute thresholds (probability >= t is positive)."""

@@ -166,11 +166,12 @@ def print_pdf(html: str | Path, out: str | Path, chromium: str | None = None, ti
     return out
 
 
-# figures the README shows: (notebook, heading of the section, file name in images/)
+# the real data's terms of use, as its README gives them: said wherever the report shows real images
 ISIC_CREDIT = ("Images and masks: ISIC 2018 Challenge data (Codella et al. 2018, arXiv:1902.03368), for "
                "non-commercial research and education; HAM10000 (c) ViDIR Group, Department of Dermatology, Medical "
                "University of Vienna (Tschandl et al., Sci. Data 5, 180161, 2018); MSK Dataset (c) Anonymous.")
 
+# figures the README shows: (notebook, heading of the section, file name in images/)
 README_FIGURES = (
     ("01_eda", "Attribute prevalence", "prevalence.png"),
     ("01_eda", "Examples with their masks", "examples.png"),

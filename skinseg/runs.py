@@ -201,12 +201,11 @@ def find_complete_run(output_dir: str | Path, params: dict[str, Any]) -> Path | 
     was made take their defaults)."""
     from skinseg.config import Config
     from skinseg.errors import ConfigError
+    from skinseg.models.registry import unused_options
 
     root = Path(output_dir)
     if not root.exists():
         return None
-    from skinseg.models.registry import unused_options
-
     wanted = Config.from_dict(params).resolved().to_dict()  # runs store their resolved normalization
     ignored = set(IGNORED_WHEN_COMPARING) | unused_options(wanted["model"])
     wanted = {k: v for k, v in wanted.items() if k not in ignored}

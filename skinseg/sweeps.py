@@ -1,4 +1,5 @@
-"""Sweeps: run ``03_train`` through papermill (or ``skinseg train``, several at once) for each YAML of ``params/sweeps/<name>/`` and compare the runs.
+"""Sweeps: run ``03_train`` through papermill (or ``skinseg train``, several at once) for each YAML of
+``params/sweeps/<name>/`` and compare the runs.
 
 Each run's parameters are ``base`` (a params YAML, e.g. params/demo.yaml) updated by the sweep YAML, then by
 ``overrides``. A run whose resolved config matches a complete run already on disk is skipped.
@@ -42,11 +43,6 @@ def run_parameters(base: dict, sweep_file: Path, overrides: dict | None, out_dir
     return Config.from_dict(params, source=str(sweep_file)).to_dict()
 
 
-def find_done(run_root: Path, params: dict[str, Any]) -> Path | None:
-    """A complete run below ``run_root`` trained with the same config (up to output/naming keys)."""
-    return find_complete_run(run_root, params)
-
-
 def run_sweep(name: str, base: str | Path | None = "params/demo.yaml", overrides: dict | None = None,
               out_dir: str | Path | None = None, kernel: str = "python3", progress: bool = True,
               runner: str = "papermill", jobs: int = 1) -> pd.DataFrame:
@@ -62,7 +58,7 @@ def run_sweep(name: str, base: str | Path | None = "params/demo.yaml", overrides
     todo, runs = {}, {}
     for f in sweep_files(name):
         params = run_parameters(base_params, f, overrides, out_dir)
-        done = find_done(Path(params["output_dir"]), params)
+        done = find_complete_run(Path(params["output_dir"]), params)
         if done is None:
             todo[f.stem] = params
         runs[f.stem] = done
@@ -77,7 +73,7 @@ def run_sweep(name: str, base: str | Path | None = "params/demo.yaml", overrides
     else:
         raise ConfigError(f"sweep runner {runner!r}: choose papermill or cli")
     for stem, params in todo.items():
-        runs[stem] = find_done(Path(params["output_dir"]), params)
+        runs[stem] = find_complete_run(Path(params["output_dir"]), params)
         if runs[stem] is None:
             raise RuntimeError(f"sweep {name}: {stem} ran but left no complete run in {params['output_dir']}")
     return comparison(runs)
@@ -88,29 +84,25 @@ def _train_in_processes(todo: dict[str, dict], out_dir: Path, jobs: int, progres
     a RuntimeError naming its log (after the others finished)."""
     import subprocess
     import sys
-    import time
+    from concurrent.futures import ThreadPoolExecutor
 
     import yaml
 
-    waiting, running, failed = list(todo.items()), {}, []
-    while waiting or running:
-        while waiting and len(running) < max(1, jobs):
-            stem, params = waiting.pop(0)
-            (out_dir / f"{stem}.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-            log = open(out_dir / f"{stem}.log", "w")
-            cmd = [sys.executable, "-m", "skinseg", "train", "--config", str(out_dir / f"{stem}.yaml")]
-            running[stem] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log)
-            if progress:
-                print(f"started {stem} (log: {out_dir / f'{stem}.log'})", flush=True)
-        for stem, (proc, log) in list(running.items()):
-            if proc.poll() is not None:
-                log.close()
-                del running[stem]
-                if proc.returncode:
-                    failed.append(stem)
-                if progress:
-                    print(f"{stem}: {'failed' if proc.returncode else 'done'} (exit {proc.returncode})", flush=True)
-        time.sleep(0.5)
+    def train_one(stem: str, params: dict) -> int:
+        config, log = out_dir / f"{stem}.yaml", out_dir / f"{stem}.log"
+        config.write_text(yaml.safe_dump(params, sort_keys=False))
+        if progress:
+            print(f"started {stem} (log: {log})", flush=True)
+        with open(log, "w") as f:
+            code = subprocess.run([sys.executable, "-m", "skinseg", "train", "--config", str(config)],
+                                  stdout=f, stderr=subprocess.STDOUT).returncode
+        if progress:
+            print(f"{stem}: {'failed' if code else 'done'} (exit {code})", flush=True)
+        return code
+
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        codes = dict(zip(todo, pool.map(train_one, todo, todo.values())))
+    failed = [stem for stem, code in codes.items() if code]
     if failed:
         raise RuntimeError(f"sweep runs failed: {', '.join(failed)}; see " +
                            ", ".join(str(out_dir / f"{s}.log") for s in failed))

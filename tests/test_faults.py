@@ -116,7 +116,8 @@ def test_a_second_data_root_at_the_same_size_leaves_the_first_roots_live_cache_a
 
 # ---- 2. early stopping ends a run ----------------------------------------------------------
 def test_early_stop_writes_the_end_marker_and_sweeps_count_the_run(small_root, tmp_path, cache_root):
-    from skinseg.sweeps import curves, find_done
+    from skinseg.runs import find_complete_run
+    from skinseg.sweeps import curves
 
     cfg = _cfg(small_root, tmp_path / "sweep" / "a", epochs=8, patience=1, lr=1e-12, scheduler="none",
                tune_thresholds=False, aug_flip_p=0.0, aug_rotate90_p=0.0, aug_rotate_p=0.0, aug_scale_p=0.0,
@@ -128,7 +129,7 @@ def test_early_stop_writes_the_end_marker_and_sweeps_count_the_run(small_root, t
     assert run.end() == {"reason": "early_stop", "epochs_run": 2, "best_epoch": 1,
                          "best_score": pytest.approx(summary["best_score"])}
     assert run.is_complete()
-    assert find_done(Path(cfg.output_dir), cfg.to_dict()) == run.path
+    assert find_complete_run(Path(cfg.output_dir), cfg.to_dict()) == run.path
     assert list(curves(tmp_path / "sweep")) == ["a"]
 
 

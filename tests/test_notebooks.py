@@ -234,7 +234,7 @@ def test_export_figures_takes_the_png_under_each_readme_heading(tmp_path, monkey
 
 def test_sweep_recognises_a_run_made_before_a_config_key_existed(tmp_path):
     from skinseg.config import Config
-    from skinseg.sweeps import find_done
+    from skinseg.runs import find_complete_run
 
     params = Config(epochs=1, run_name="a", output_dir=str(tmp_path)).to_dict()
     run = tmp_path / "20260101-000000_a"
@@ -248,5 +248,5 @@ def test_sweep_recognises_a_run_made_before_a_config_key_existed(tmp_path):
     folder.best.write_bytes(b"x")
     save_checkpoint({"epoch": 1}, folder.last)  # no end marker either: the final epoch in last.pt makes it done
     folder.metrics_file.write_text("kind,epoch\nepoch,1\n")
-    assert find_done(tmp_path, params) == run
-    assert find_done(tmp_path, {**params, "crop_size": 64}) is None  # a new value of the new key is a new run
+    assert find_complete_run(tmp_path, params) == run
+    assert find_complete_run(tmp_path, {**params, "crop_size": 64}) is None  # a new value of the new key is a new run

@@ -72,8 +72,9 @@ class EpochSampler(Sampler):
         self.inner.set_epoch(epoch)
 
     def __iter__(self):
-        order = iter(self.inner)
-        if self.weights is not None:
+        if self.weights is None:
+            order = iter(self.inner)
+        else:
             generator = torch.Generator().manual_seed(self.seed + self.epoch)
             drawn = torch.multinomial(self.weights, len(self.inner) * self.world, replacement=True,
                                       generator=generator)

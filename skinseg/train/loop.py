@@ -76,9 +76,7 @@ class Trainer:
         if cfg.compile:
             self.net = torch.compile(self.net)
         self.epoch, self.step = 0, 0
-        # augment_on gpu: the batch augmentation, and the batches since the last optimizer step (its seed)
         self.batch_augment = BatchAugment(cfg) if cfg.augment_on == "gpu" else None
-        self.micro_step = 0
         self.history: list[dict[str, Any]] = []
         self.best = {"score": -1.0, "epoch": 0, "thresholds": [cfg.threshold] * cfg.classes,
                      "gates": [0.0] * cfg.classes}
@@ -135,22 +133,20 @@ class Trainer:
         bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", leave=False,
                    disable=not self.progress)
         self.optimizer.zero_grad(set_to_none=True)
-        # image-weighted loss sums, on the device: of the epoch, and since the last read
-        epoch_sum = torch.zeros((), dtype=torch.float64, device=self.rt.device)
-        window_sum = torch.zeros_like(epoch_sum)
-        epoch_images = window_images = 0
+        # the image-weighted loss since the last read stays on the device; the epoch's total is the sum of the
+        # reads (the last batch is always read)
+        window = torch.zeros((), dtype=torch.float64, device=self.rt.device)
+        total, count, window_images = 0.0, 0, 0
         for k, batch in enumerate(bar):
             update = (k + 1) % self.cfg.accumulate == 0 or k + 1 == n
-            loss = self.train_step(batch, epoch, update)
-            images = len(batch["image"])
-            weighted = loss.double() * images
-            epoch_sum += weighted
-            window_sum += weighted
-            epoch_images += images
-            window_images += images
+            loss = self.train_step(batch, epoch, update, k)
+            window += loss.double() * len(batch["image"])
+            window_images += len(batch["image"])
             if (update and self.step % self.cfg.log_every == 0) or k + 1 == n:
-                mean = window_sum.item() / max(window_images, 1)
-                window_sum.zero_()
+                window_sum = window.item()
+                total, count = total + window_sum, count + window_images
+                mean = window_sum / max(window_images, 1)
+                window.zero_()
                 window_images = 0
                 if not math.isfinite(mean):
                     self._non_finite(mean, batch, epoch)
@@ -158,21 +154,20 @@ class Trainer:
                     self._log({"kind": "step", "epoch": epoch + 1, "step": self.step, "loss": mean,
                                "lr": self.optimizer.param_groups[-1]["lr"]})
                 bar.set_postfix(loss=f"{mean:.4f}")
-        totals = torch.stack([epoch_sum, epoch_sum.new_tensor(epoch_images)])
         if self.rt.distributed:
+            totals = torch.tensor([total, count], dtype=torch.float64, device=self.rt.device)
             torch.distributed.all_reduce(totals)
-        total, count = totals.tolist()
+            total, count = totals.tolist()
         seconds = time.perf_counter() - start
         return total / max(count, 1), seconds
 
-    def train_step(self, batch: dict, epoch: int, update: bool) -> torch.Tensor:
-        """Forward, loss and backward of one batch (an optimizer step when ``update``); the detached loss, left
-        on the device (reading it would wait for the GPU)."""
+    def train_step(self, batch: dict, epoch: int, update: bool, index: int) -> torch.Tensor:
+        """Forward, loss and backward of batch ``index`` of the epoch (an optimizer step when ``update``); the
+        detached loss, left on the device (reading it would wait for the GPU)."""
         x = batch["image"].to(self.rt.device, non_blocking=True)
         y = batch["mask"].to(self.rt.device, non_blocking=True)
         if self.batch_augment is not None:  # seeded by the batch's place in the run: a resumed run augments alike
-            x, y = self.batch_augment(x, y, batch_generator(self.cfg.seed, self.rt.rank, epoch, self.step,
-                                                            self.micro_step))
+            x, y = self.batch_augment(x, y, batch_generator(self.cfg.seed, self.rt.rank, epoch, index))
         if self.cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         try:
@@ -197,7 +192,6 @@ class Trainer:
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
             self.step += 1
-        self.micro_step = 0 if update else self.micro_step + 1
         return loss.detach()
 
     def sync_buffers(self) -> None:
@@ -228,10 +222,10 @@ class Trainer:
         at the last one, ``best.pt`` whenever the score improves.
         """
         self.epoch = epoch + 1
-        improved, row = False, {"kind": "epoch", "epoch": self.epoch, "step": self.step, "train_loss": train_loss,
-                                "epoch_seconds": seconds,
-                                "images_per_s": len(self.train_loader.dataset) / max(seconds, 1e-9),
-                                "lr": self.optimizer.param_groups[-1]["lr"], "val_seconds": val_seconds}
+        row = {"kind": "epoch", "epoch": self.epoch, "step": self.step, "train_loss": train_loss,
+               "epoch_seconds": seconds, "images_per_s": len(self.train_loader.dataset) / max(seconds, 1e-9),
+               "lr": self.optimizer.param_groups[-1]["lr"], "val_seconds": val_seconds}
+        improved, score = False, None
         if result is not None:
             thresholds, gates = [self.cfg.threshold] * self.cfg.classes, [0.0] * self.cfg.classes
             tuned = float("nan")
@@ -245,8 +239,9 @@ class Trainer:
                 self.stale_epochs = 0
             else:
                 self.stale_epochs += 1
-        self.schedule.after_epoch(None if result is None else score)
-        stop = result is not None and self.cfg.patience is not None and self.stale_epochs >= self.cfg.patience
+        self.schedule.after_epoch(score)
+        # stale_epochs only grows on validated epochs, so the patience is only reached on one
+        stop = self.cfg.patience is not None and self.stale_epochs >= self.cfg.patience
         self.history.append(row)  # before the checkpoints, which store the history
         start = time.perf_counter()
         if self.rt.main:

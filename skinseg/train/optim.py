@@ -53,14 +53,11 @@ def ema_model(model: torch.nn.Module, decay: float, warmup: bool, step) -> torch
     trainer's optimizer-step count (restored on resume, so a resumed run averages exactly as an unbroken one)."""
 
     @torch.no_grad()
-    def update(ema_params, params, _num_averaged):
-        weight = 1.0 - ema_decay(step(), decay, warmup)
-        floats = [(e, p) for e, p in zip(ema_params, params) if e.is_floating_point()]
-        if floats:
-            torch._foreach_lerp_([e for e, _ in floats], [p for _, p in floats], weight)
-        for e, p in zip(ema_params, params):
-            if not e.is_floating_point():  # BatchNorm's num_batches_tracked
-                e.copy_(p)
+    def update(ema_params, params, _num_averaged):  # AveragedModel passes the tensors of one dtype at a time
+        if ema_params[0].is_floating_point():
+            torch._foreach_lerp_(ema_params, params, 1.0 - ema_decay(step(), decay, warmup))
+        else:  # BatchNorm's num_batches_tracked
+            torch._foreach_copy_(ema_params, params)
 
     return torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=update, use_buffers=True)
 
