@@ -42,6 +42,7 @@ class Config:
     encoder: str = "convnext_tiny"
     freeze_encoder: int = 0
     aux_head: bool = False
+    deep_supervision: int = 0  # mask heads on this many lower-resolution decoder stages (nnU-Net); 0: none
     # data
     data_root: str | None = None
     image_size: int = 256
@@ -224,6 +225,9 @@ class Config:
             raise ConfigError(f"dev_fraction: must be in [0, 1), got {self.dev_fraction}")
         if self.num_workers < 0:
             raise ConfigError(f"num_workers: must be >= 0, got {self.num_workers}")
+        if self.deep_supervision < 0:
+            raise ConfigError(f"deep_supervision: the number of lower-resolution decoder stages with a mask head, "
+                              f"0 (none) up to the decoder stages below full resolution; got {self.deep_supervision}")
         if not 0.0 < self.threshold < 1.0:
             raise ConfigError(f"threshold: must be in (0, 1), got {self.threshold}")
         if self.ema is not None and not 0.0 < self.ema < 1.0:

@@ -120,18 +120,34 @@ class CombinedLoss(nn.Module):
                    cfg.tversky_alpha, cfg.tversky_beta, cfg.aux_weight)
 
     def forward(self, output, target: torch.Tensor) -> torch.Tensor:
-        logits, presence = output if isinstance(output, (tuple, list)) else (output, None)
+        """``output``: mask logits, ``(mask logits, presence logits)``, or with deep supervision ``(mask logits,
+        presence logits or None, [logits at 1/2, 1/4, ... resolution])``. Each lower resolution is scored against
+        the target area-averaged to its size (the fraction of each cell an attribute covers: a thin streak stays
+        visible where nearest-neighbour down-sampling would drop it), with nnU-Net's weights 1, 1/2, 1/4, ...
+        normalised to sum to 1."""
+        logits, presence, deep = (*output, [])[:3] if isinstance(output, (tuple, list)) else (output, None, [])
         with torch.autocast(device_type=logits.device.type, enabled=False):
-            weights = None if self.weights is None else self.weights.float()
-            total = logits.new_zeros((), dtype=torch.float32)
-            for name, w in self.terms.items():
-                opts = dict(self.options.get(name, {}))
-                if name == "bce":
-                    opts["pos_weight"] = None if self.pos_weight is None else self.pos_weight.float()
-                total = total + w * LOSS_FUNCTIONS[name](logits, target, weights, **opts)
+            total = self._masks(logits, target)
+            if deep:
+                scale_weights = [0.5**k for k in range(len(deep) + 1)]
+                total = total * scale_weights[0]
+                for w, small in zip(scale_weights[1:], deep):
+                    total = total + w * self._masks(small, F.interpolate(target.float(), size=small.shape[-2:],
+                                                                         mode="area"))
+                total = total / sum(scale_weights)
             if presence is not None and self.aux_weight:
                 has = (target.flatten(2).amax(-1) > 0.5).float()
                 total = total + self.aux_weight * F.binary_cross_entropy_with_logits(presence.float(), has)
+        return total
+
+    def _masks(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        weights = None if self.weights is None else self.weights.float()
+        total = logits.new_zeros((), dtype=torch.float32)
+        for name, w in self.terms.items():
+            opts = dict(self.options.get(name, {}))
+            if name == "bce":
+                opts["pos_weight"] = None if self.pos_weight is None else self.pos_weight.float()
+            total = total + w * LOSS_FUNCTIONS[name](logits, target, weights, **opts)
         return total
 
 

@@ -97,3 +97,22 @@ def test_losses_run_in_fp32_under_autocast():
     assert out.dtype == torch.float32 and torch.isfinite(out)
     out.backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_deep_supervision_scores_area_averaged_targets_with_halving_weights():
+    target = torch.zeros(1, 1, 4, 4)
+    target[..., 0] = 1.0  # a one-pixel-wide vertical line: area-averaged to 0.5 in the left half at 2x2
+    full = torch.zeros(1, 1, 4, 4)  # p = 0.5 everywhere
+    half = LOGITS  # p = .75, .5 / .5, .25 at 2x2
+    full_dice = 1 - (2 * 2.0 + 1) / (8.0 + 4.0 + 1)  # inter 4 x .5, sums 16 x .5 and 4
+    half_dice = 1 - (2 * (0.75 * 0.5 + 0.5 * 0.5) + 1) / (2.0 + 1.0 + 1)  # targets .5, 0 / .5, 0
+    loss = CombinedLoss({"dice": 1.0})
+    assert float(loss((full, None, [half]), target)) == pytest.approx((full_dice + 0.5 * half_dice) / 1.5)
+    quarter = torch.zeros(1, 1, 1, 1)  # p = .5 against the line's area share at 1x1, 0.25
+    quarter_dice = 1 - (2 * 0.125 + 1) / (0.5 + 0.25 + 1)
+    expected = (full_dice + 0.5 * half_dice + 0.25 * quarter_dice) / 1.75
+    assert float(loss((full, None, [half, quarter]), target)) == pytest.approx(expected)
+    # the presence term is added once, unweighted by the scales
+    presence = torch.zeros(1, 1)
+    with_presence = CombinedLoss({"dice": 1.0}, aux_weight=0.5)((full, presence, [half]), target)
+    assert float(with_presence) == pytest.approx((full_dice + 0.5 * half_dice) / 1.5 + 0.5 * math.log(2))

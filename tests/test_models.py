@@ -357,3 +357,48 @@ def test_model_from_config_convnext_uses_encoder_options():
 def test_model_from_config_pretrained_scratch_unet_is_an_error():
     with pytest.raises(ValueError, match="pretrained"):
         model_from_config(Config(model="unet", pretrained=True))
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_deep_supervision_adds_lower_resolution_logits_in_training_only(name):
+    model = tiny(name, deep_supervision=2, aux_head=True, classes=4).train()
+    masks, presence, deep = model(torch.randn(2, 3, 50, 75))  # padded to the encoder's multiple inside
+    assert masks.shape == (2, 4, 50, 75) and presence.shape == (2, 4)
+    assert [tuple(d.shape) for d in deep] == [(2, 4, 25, 38), (2, 4, 13, 19)]  # 1/2 and 1/4, rounded up
+    assert all(torch.isfinite(d).all() for d in deep)
+    plain = tiny(name, deep_supervision=1).train()
+    masks, presence, deep = plain(torch.randn(1, 3, 64, 64))
+    assert presence is None and [tuple(d.shape) for d in deep] == [(1, 5, 32, 32)]
+    with torch.no_grad():
+        assert plain.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 5, 64, 64)  # inference: just the masks
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_deep_supervision_heads_leave_inference_unchanged(name):
+    deep = tiny(name, deep_supervision=3)
+    plain = tiny(name)
+    missing, unexpected = plain.load_state_dict(deep.state_dict(), strict=False)
+    assert not missing and unexpected and all(k.startswith("deep_heads.") for k in unexpected)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(deep.eval()(x), plain.eval()(x))
+    # the heads start at the same rare-positive prior as the main head
+    assert all(torch.equal(h.bias, deep.segmentation_head.bias) for h in deep.deep_heads)
+
+
+@pytest.mark.parametrize("depth", [-1, 5])
+def test_deep_supervision_deeper_than_the_decoder_names_the_key(depth):
+    if depth < 0:
+        with pytest.raises(ConfigError, match="deep_supervision"):
+            Config(deep_supervision=depth)
+    else:
+        with pytest.raises(ConfigError, match=r"deep_supervision: 5 must be between 1 and 3"):
+            model_from_config(Config(model="unet", base_channels=8, deep_supervision=depth))
+
+
+def test_deep_supervision_heads_get_gradients():
+    model = tiny("unet-residual", deep_supervision=2).train()
+    masks, _, deep = model(torch.randn(2, 3, 32, 32))
+    sum(weighted_loss(d) for d in deep).backward()
+    assert all(h.weight.grad is not None and h.weight.grad.abs().sum() > 0 for h in model.deep_heads)
+    assert model.segmentation_head.weight.grad is None  # the deep losses reach the decoder, not the main head

@@ -383,3 +383,23 @@ def test_reuse_ignores_options_the_model_does_not_take(small_root, tmp_path, cac
     # the ConvNeXt U-Net takes no base_channels: a run with another value is the same run
     assert str(find_complete_run(tmp_path / "runs", cfg.replace(base_channels=64).to_dict())) == first["run_dir"]
     assert find_complete_run(tmp_path / "runs", cfg.replace(encoder="convnext_femto").to_dict()) is None
+
+
+def test_deep_supervision_trains_its_heads_and_evaluates_like_any_run(small_root, tmp_path, cache_root):
+    import json
+
+    from skinseg.cli import main
+    from skinseg.models import model_from_config
+
+    cfg = _cfg(small_root, tmp_path, epochs=1, deep_supervision=2, aux_head=True, loss={"bce": 1.0, "log_jaccard": 1.0})
+    run = train(cfg, progress=False)["run_dir"]
+    state = load_checkpoint(os.path.join(run, "best.pt"))
+    torch.manual_seed(cfg.seed)
+    fresh = model_from_config(cfg).state_dict()
+    heads = [k for k in fresh if k.startswith("deep_heads.")]
+    assert len(heads) == 4  # weight and bias of two heads
+    assert all(not torch.equal(fresh[k], state["model"][k]) for k in heads if k.endswith("weight"))
+    out = tmp_path / "scores.json"
+    assert main(["evaluate", "--checkpoint", os.path.join(run, "best.pt"), "--data", str(small_root),
+                 "--split", "val", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["overall"] == pytest.approx(state["best"]["score"])

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from skinseg.models.blocks import DeepSupervisionHeads
+
 
 def check_input(x: torch.Tensor, in_channels: int, model_name: str) -> None:
     if x.ndim != 4 or x.shape[1] != in_channels:
@@ -32,6 +34,10 @@ class SegmentationModel(nn.Module):
     forward returns ``(mask_logits, presence_logits)``, the latter (B, classes) from the deepest features.
     Subclasses set ``encoder``, ``decoder``, ``segmentation_head``, ``presence_head`` (or None), ``in_channels``
     and ``size_multiple``, and may override :meth:`extract_features`.
+
+    With deep supervision (``deep_heads``, built by :meth:`add_deep_supervision`) the forward of a model in
+    training mode returns ``(mask_logits, presence_logits or None, [logits at 1/2, 1/4, ... resolution])`` for
+    :class:`skinseg.losses.CombinedLoss`; in eval mode it returns what a model without it returns.
     """
 
     in_channels: int
@@ -40,6 +46,7 @@ class SegmentationModel(nn.Module):
     decoder: nn.Module
     segmentation_head: nn.Module
     presence_head: nn.Module | None
+    deep_heads: nn.Module | None  # set by add_deep_supervision (None without)
     encoder_frozen: bool = False
 
     def extract_features(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -49,10 +56,21 @@ class SegmentationModel(nn.Module):
         check_input(x, self.in_channels, type(self).__name__)
         height, width = x.shape[-2:]
         features = self.extract_features(pad_to_multiple(x, self.size_multiple))
+        presence = None if self.presence_head is None else self.presence_head(features[-1])
+        if self.deep_heads is not None and self.training:
+            stages = self.decoder(features, stages=True)
+            masks = self.segmentation_head(stages[-1])[..., :height, :width]
+            deep = [
+                logits[..., : -(-height // 2**k), : -(-width // 2**k)]  # the unpadded part, rounded up
+                for k, logits in enumerate(self.deep_heads(stages), start=1)
+            ]
+            return masks, presence, deep
         masks = self.segmentation_head(self.decoder(features))[..., :height, :width]
-        if self.presence_head is None:
-            return masks
-        return masks, self.presence_head(features[-1])
+        return masks if presence is None else (masks, presence)
+
+    def add_deep_supervision(self, decoder_channels, classes: int, depth: int) -> None:
+        """Mask heads on the ``depth`` decoder stages below full resolution (none for ``depth`` 0)."""
+        self.deep_heads = DeepSupervisionHeads(decoder_channels, classes, depth) if depth else None
 
     def encoder_parameters(self) -> list[nn.Parameter]:
         return list(self.encoder.parameters())

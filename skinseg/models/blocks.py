@@ -6,6 +6,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from skinseg.errors import ConfigError
+
 
 def conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
     # no conv bias: the batch norm right after it has one
@@ -142,11 +144,38 @@ class UNetDecoder(nn.Module):
         )
         self.out_channels = decoder_channels[-1]
 
-    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+    def forward(self, features: Sequence[torch.Tensor], stages: bool = False) -> torch.Tensor | list[torch.Tensor]:
+        """The full-resolution output; with ``stages``, every block's output, deepest first (the last one is the
+        full-resolution output)."""
         x = features[-1]
+        outputs = []
         for block, skip in zip(self.blocks, reversed(features[:-1])):
             x = block(x, skip)
-        return x
+            outputs.append(x)
+        return outputs if stages else x
+
+
+class DeepSupervisionHeads(nn.ModuleList):
+    """1x1 convolutions giving mask logits at the decoder's lower resolutions (deep supervision, as nnU-Net): one
+    for each of the ``depth`` decoder stages before the last, the 1/2-resolution stage first.
+
+    Args:
+        decoder_channels: output widths of the decoder stages, deepest first (the last is full resolution).
+        classes: number of attributes.
+        depth: how many lower-resolution stages get a head.
+    """
+
+    def __init__(self, decoder_channels: Sequence[int], classes: int, depth: int):
+        if not 0 < depth < len(decoder_channels):
+            raise ConfigError(
+                f"deep_supervision: {depth} must be between 1 and {len(decoder_channels) - 1}, the number of decoder "
+                "stages below full resolution (or 0 for none)"
+            )
+        super().__init__(nn.Conv2d(c, classes, 1) for c in list(decoder_channels)[-2::-1][:depth])
+
+    def forward(self, stages: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Logits from the stage outputs of :meth:`UNetDecoder.forward` (deepest first), finest first."""
+        return [head(x) for head, x in zip(self, list(stages)[-2::-1])]
 
 
 class PresenceHead(nn.Sequential):

@@ -40,6 +40,8 @@ class UNet(SegmentationModel):
         depth: number of down-sampling stages.
         bilinear: decoder up-sampling by bilinear interpolation if True, else by transposed convolution.
         aux_head: also return image-level presence logits (B, classes) from the deepest features.
+        deep_supervision: mask heads on this many decoder stages below full resolution, whose logits the forward
+            also returns in training mode (see :class:`~skinseg.models.base.SegmentationModel`); 0 for none.
         init: weight initialisation, one of ``skinseg.models.init.INIT_SCHEMES``.
         pretrained: must be False; only ``unet-convnext-attention`` has a pretrained encoder.
         pretrained_path: must be None, as ``pretrained``.
@@ -49,8 +51,8 @@ class UNet(SegmentationModel):
     attention: bool = False
 
     def __init__(self, in_channels: int = 3, classes: int = 5, *, base_channels: int = 32, depth: int = 4,
-                 bilinear: bool = True, aux_head: bool = False, init: str = "kaiming", pretrained: bool = False,
-                 pretrained_path: str | None = None):
+                 bilinear: bool = True, aux_head: bool = False, deep_supervision: int = 0, init: str = "kaiming",
+                 pretrained: bool = False, pretrained_path: str | None = None):
         super().__init__()
         if pretrained or pretrained_path:
             raise ConfigError(
@@ -66,6 +68,9 @@ class UNet(SegmentationModel):
         )
         self.segmentation_head = nn.Conv2d(self.decoder.out_channels, classes, 1)
         self.presence_head = PresenceHead(self.encoder.out_channels[-1], classes) if aux_head else None
+        self.add_deep_supervision(self.encoder.out_channels[-2::-1], classes, deep_supervision)
         initialize(self, init)
         if init != "none":
             set_head_prior(self.segmentation_head)
+            for head in self.deep_heads or ():
+                set_head_prior(head)

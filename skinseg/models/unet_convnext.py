@@ -62,6 +62,8 @@ class ConvNeXtUNet(SegmentationModel):
         stem_channels: width of the full-resolution stem.
         bilinear: decoder up-sampling by bilinear interpolation if True, else by transposed convolution.
         aux_head: also return image-level presence logits (B, classes) from the deepest features.
+        deep_supervision: mask heads on this many decoder stages below full resolution, whose logits the forward
+            also returns in training mode (see :class:`~skinseg.models.base.SegmentationModel`); 0 for none.
         init: initialisation of the layers that do not come from pretrained weights.
         freeze_encoder: start with the encoder frozen (see :meth:`freeze_encoder`).
     """
@@ -69,7 +71,8 @@ class ConvNeXtUNet(SegmentationModel):
     def __init__(self, in_channels: int = 3, classes: int = 5, *, encoder: str = "convnext_tiny",
                  pretrained: bool = False, pretrained_path: str | None = None,
                  decoder_channels: Sequence[int] | None = None, stem_channels: int = 16, bilinear: bool = True,
-                 aux_head: bool = False, init: str = "kaiming", freeze_encoder: bool = False):
+                 aux_head: bool = False, deep_supervision: int = 0, init: str = "kaiming",
+                 freeze_encoder: bool = False):
         super().__init__()
         self.in_channels = in_channels
         self.encoder = create_timm_encoder(encoder, in_channels, pretrained, pretrained_path)
@@ -84,12 +87,15 @@ class ConvNeXtUNet(SegmentationModel):
                                    attention=True)
         self.segmentation_head = nn.Conv2d(self.decoder.out_channels, classes, 1)
         self.presence_head = PresenceHead(channels[-1], classes) if aux_head else None
+        self.add_deep_supervision(decoder_channels, classes, deep_supervision)
         pretrained = pretrained or pretrained_path is not None
         for part in self.children():
             if part is not self.encoder or not pretrained:
                 initialize(part, init)
         if init != "none":
             set_head_prior(self.segmentation_head)
+            for head in self.deep_heads or ():
+                set_head_prior(head)
         self.freeze_encoder(freeze_encoder)
 
     def extract_features(self, x: torch.Tensor) -> list[torch.Tensor]:
