@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Train the GPU recipes at once on one GPU node and score each on the official validation split:
-# params/isic_scratch.yaml and the isic_gpu sweep over params/isic.yaml (4 variants), 5 trainings sharing the GPU.
+# params/isic_scratch.yaml and the isic_gpu sweep over params/isic.yaml (5 variants), 6 trainings sharing the GPU.
 #
 #   benchmarks/gpu_recipes.sh --data DIR [--out DIR] [--python PY] [--limit SECONDS] [--workers N] [--set K=V ...]
 #
 # --limit stops the trainings after SECONDS (each keeps its best.pt so far and is scored as it is, marked
-# "unfinished"). Wall times are those of 5 runs sharing one GPU and its CPUs; gpu_check.sh times a recipe alone.
+# "unfinished"). Wall times are those of 6 runs sharing one GPU and its CPUs; gpu_check.sh times a recipe alone.
 # Needs the environment gpu_check.sh prepares (PYTHONPATH with skinseg and its dependencies).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +27,7 @@ DATA="$(cd "$DATA" && pwd)"
 mkdir -p "$OUT_DIR/scratch"
 start=$(date +%s)
 # each in a process group of its own, so that --limit stops it with the trainings it started, and nothing else
-setsid "$PY" -m skinseg sweep isic_gpu --base params/isic.yaml --runner cli --jobs 4 --out "$OUT_DIR/sweep" \
+setsid "$PY" -m skinseg sweep isic_gpu --base params/isic.yaml --runner cli --jobs 5 --out "$OUT_DIR/sweep" \
   --set "data_root=$DATA" --set "num_workers=$WORKERS" "${SETS[@]}" > "$OUT_DIR/sweep.log" 2>&1 &
 SWEEP=$!
 setsid "$PY" -m skinseg train --config params/isic_scratch.yaml --set "data_root=$DATA" --set "num_workers=$WORKERS" \

@@ -116,44 +116,48 @@ class _MaskReader:
     def __init__(self):
         self.empty: dict[bytes, tuple[int, int]] = {}  # file content -> size, for masks without a positive pixel
 
-    def read(self, path: Path, hw: tuple[int, int] | None, what: str) -> tuple[np.ndarray | None, tuple[int, int]]:
-        """The mask as bool H x W, None when it is empty, and its (height, width); ``hw`` None takes its own."""
+    def read(self, path: Path, hw: tuple[int, int] | None, what: str) -> tuple[np.ndarray | None, tuple[int, int], int]:
+        """The mask as bool H x W (None when it is empty), its (height, width) and its count of positive pixels;
+        ``hw`` None takes the mask's own size."""
         try:
             data = path.read_bytes()
         except OSError:
             data = b""  # read_mask names the file in its error
         size = self.empty.get(data)
         if size is not None and size == (hw or size):
-            return None, size
+            return None, size, 0
         arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data.startswith(_PNG) else None
         plain = arr is not None and arr.ndim == 2 and arr.dtype == np.uint8  # what PIL reads as mode L or 1
         hw = hw or (arr.shape if plain else _png_hw(path))
-        if not plain or arr.shape != hw or (top := int(arr.max())) == 1:
-            mask = read_mask(path, hw, what)[0]
-            return (mask if mask.any() else None), hw
-        if top <= 127:
-            self.empty[data] = hw
-            return None, hw
-        return arr > 127, hw
+        if plain and arr.shape == hw:
+            mask = arr > 127
+            positives = np.count_nonzero(mask)
+            if positives:
+                return mask, hw, positives
+            if not arr.any():
+                self.empty[data] = hw
+                return None, hw, 0
+        # not an 8-bit single-channel PNG of its image's size, or no value above 127 but some above 0 (0/1 masks are
+        # an error): read_mask gives the result or the error
+        mask = read_mask(path, hw, what)[0]
+        positives = np.count_nonzero(mask)
+        return (mask if positives else None), hw, positives
 
 
 def _image_counts(reader: _MaskReader, truth: Split, pred_dir: Path, image_id: str
                   ) -> tuple[list[int], list[int], list[int], int]:
     """One image's pixel counts per attribute: positive in both, in the submission, in the truth; and its pixels."""
-    t0, hw = reader.read(truth.mask_path(image_id, ATTRIBUTES[0]), None, "mask")
-    t = [t0] + [reader.read(truth.mask_path(image_id, a), hw, "mask")[0] for a in ATTRIBUTES[1:]]
-    p = []
-    for a in ATTRIBUTES:
+    t0, hw, n0 = reader.read(truth.mask_path(image_id, ATTRIBUTES[0]), None, "mask")
+    truths = [(t0, n0)] + [reader.read(truth.mask_path(image_id, a), hw, "mask")[::2] for a in ATTRIBUTES[1:]]
+    both, pred_positives = [], []
+    for a, (t, _) in zip(ATTRIBUTES, truths):
         path = pred_dir / mask_name(image_id, a)
         if not path.exists():
             raise DataError(f"submission {pred_dir} lacks {path.name}")
-        p.append(reader.read(path, hw, "submission mask")[0])
-    both = [0 if x is None or y is None else np.count_nonzero(x & y) for x, y in zip(p, t)]
-    return both, [_positives(x) for x in p], [_positives(y) for y in t], hw[0] * hw[1]
-
-
-def _positives(mask: np.ndarray | None) -> int:
-    return 0 if mask is None else np.count_nonzero(mask)
+        p, _, positives = reader.read(path, hw, "submission mask")
+        pred_positives.append(positives)
+        both.append(0 if p is None or t is None else np.count_nonzero(np.logical_and(p, t, out=p)))
+    return both, pred_positives, [n for _, n in truths], hw[0] * hw[1]
 
 
 def _png_hw(path: Path) -> tuple[int, int]:
