@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from skinseg.models.blocks import DeepSupervisionHeads
+from skinseg.models.init import set_head_prior
 
 
 def check_input(x: torch.Tensor, in_channels: int, model_name: str) -> None:
@@ -71,6 +72,11 @@ class SegmentationModel(nn.Module):
     def add_deep_supervision(self, decoder_channels, classes: int, depth: int) -> None:
         """Mask heads on the ``depth`` decoder stages below full resolution (none for ``depth`` 0)."""
         self.deep_heads = DeepSupervisionHeads(decoder_channels, classes, depth) if depth else None
+
+    def set_head_priors(self) -> None:
+        """Start every mask head (the main one and the deep-supervision ones) at the rare-positive prior."""
+        for head in [self.segmentation_head, *(self.deep_heads or ())]:
+            set_head_prior(head)
 
     def encoder_parameters(self) -> list[nn.Parameter]:
         return list(self.encoder.parameters())

@@ -6,7 +6,7 @@ from torch import nn
 from skinseg.models.base import SegmentationModel
 from skinseg.models.blocks import DoubleConv, PresenceHead, StagedFeatures, UNetDecoder
 from skinseg.errors import ConfigError
-from skinseg.models.init import initialize, set_head_prior
+from skinseg.models.init import initialize
 
 
 class UNetEncoder(StagedFeatures):
@@ -71,6 +71,4 @@ class UNet(SegmentationModel):
         self.add_deep_supervision(self.encoder.out_channels[-2::-1], classes, deep_supervision)
         initialize(self, init)
         if init != "none":
-            set_head_prior(self.segmentation_head)
-            for head in self.deep_heads or ():
-                set_head_prior(head)
+            self.set_head_priors()

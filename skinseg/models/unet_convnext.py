@@ -10,7 +10,7 @@ from skinseg.models.base import SegmentationModel
 from skinseg.models.blocks import PresenceHead, ResidualBlock, StagedFeatures, UNetDecoder, conv_bn_relu
 from skinseg.models.encoders import create_timm_encoder
 from skinseg.errors import ConfigError
-from skinseg.models.init import initialize, set_head_prior
+from skinseg.models.init import initialize
 
 
 class InputStem(StagedFeatures):
@@ -93,9 +93,7 @@ class ConvNeXtUNet(SegmentationModel):
             if part is not self.encoder or not pretrained:
                 initialize(part, init)
         if init != "none":
-            set_head_prior(self.segmentation_head)
-            for head in self.deep_heads or ():
-                set_head_prior(head)
+            self.set_head_priors()
         self.freeze_encoder(freeze_encoder)
 
     def extract_features(self, x: torch.Tensor) -> list[torch.Tensor]:
