@@ -1,5 +1,6 @@
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -158,3 +159,37 @@ def test_interrupted_build_is_rebuilt_next_time(tiny_root, cache_root, monkeypat
     assert len(cache) == 6 and not stale.exists()
     assert json.loads((cache.path / "meta.json").read_text())["ids"][0] == "ISIC_0000000"
     assert isinstance(SplitCache.open(cache.path), SplitCache)
+
+
+def test_a_concurrent_build_that_finishes_first_is_used(tiny_root, cache_root, monkeypatch):
+    """Two processes building the same cache: the one whose rename comes second (onto a non-empty folder, which
+    fails) uses the other's copy instead of raising, and leaves no temporary folder."""
+    import shutil
+
+    import skinseg.data.cache as cache_mod
+
+    split = get_split(tiny_root, "train")
+    real_replace = os.replace
+    finished = {}
+
+    def other_build_renames_first(src, dst):
+        shutil.copytree(src, dst)  # the other process's rename lands between our check and our rename
+        (Path(dst) / "from_the_other_build").touch()
+        finished["path"] = Path(dst)
+        real_replace(src, dst)  # fails: the folder is not empty
+
+    monkeypatch.setattr(cache_mod.os, "replace", other_build_renames_first)
+    cache = build_cache(split, size=32, progress=False)
+    assert cache.path == finished["path"] and (cache.path / "from_the_other_build").exists()
+    assert len(cache) == 6 and cache.mask(0)[0].sum() == 64
+    assert not list(cache_root.glob(".*"))
+    # a rename that fails for another reason still raises, and leaves nothing behind
+    shutil.rmtree(cache.path)
+
+    def denied(src, dst):
+        raise PermissionError(13, "Permission denied", str(dst))
+
+    monkeypatch.setattr(cache_mod.os, "replace", denied)
+    with pytest.raises(PermissionError):
+        build_cache(split, size=32, progress=False)
+    assert not list(cache_root.glob(".*")) and _no_cache_left(cache_root)

@@ -269,7 +269,14 @@ def build_cache(split: Split, size: int = 256, mode: str = "stretch", root: Path
     try:
         tmp.mkdir(parents=True)
         _write(split, size, mode, tmp, workers, progress)
-        os.replace(tmp, final) if not final.exists() else shutil.rmtree(tmp)
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if not (final / "meta.json").exists():
+                raise
+            # a concurrent build of the same files renamed its copy first (the rename onto a non-empty folder
+            # fails): use that one
+            shutil.rmtree(tmp, ignore_errors=True)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if is_disk_full(e):
