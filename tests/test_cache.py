@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -164,8 +165,6 @@ def test_interrupted_build_is_rebuilt_next_time(tiny_root, cache_root, monkeypat
 def test_a_concurrent_build_that_finishes_first_is_used(tiny_root, cache_root, monkeypatch):
     """Two processes building the same cache: the one whose rename comes second (onto a non-empty folder, which
     fails) uses the other's copy instead of raising, and leaves no temporary folder."""
-    import shutil
-
     import skinseg.data.cache as cache_mod
 
     split = get_split(tiny_root, "train")
