@@ -54,6 +54,9 @@ class Config:
     num_workers: int = 0
     sampler: str = _choice(*SAMPLERS, default="shuffle")  # rare: oversample images holding a rare attribute
     crop_size: int | None = None  # train on random crops of the image_size image; evaluate on whole images
+    # nnU-Net's foreground oversampling: this share of the crops holds a pixel of an attribute the image has (the
+    # attribute drawn at random among those present, so rare ones get as many crops as common ones)
+    crop_foreground_p: float = 0.0
     # augmentation (probabilities and ranges)
     aug_flip_p: float = 0.5
     aug_rotate90_p: float = 0.5
@@ -216,7 +219,9 @@ class Config:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name}: must be >= 1{' or null' if name != 'step_size' else ''}, got {value}")
-        for name in ("aug_gamma_p", "aug_blur_p", "aug_noise_p", "aug_lowres_p"):
+        if self.crop_foreground_p and self.crop_size is None:
+            raise ConfigError("crop_foreground_p: applies to training crops; set crop_size too, or leave it at 0")
+        for name in ("crop_foreground_p", "aug_gamma_p", "aug_blur_p", "aug_noise_p", "aug_lowres_p"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name}: a probability in [0, 1], got {getattr(self, name)}")
         if self.lr <= 0:
