@@ -142,7 +142,13 @@ class Config:
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: expected a mapping of keys to values, got {type(values).__name__}")
         check_keys(values, source)
-        return cls(**{k: _coerce(k, v, source) for k, v in values.items()})
+        coerced = {k: _coerce(k, v, source) for k, v in values.items()}
+        try:
+            return cls(**coerced)
+        except ConfigError as e:  # a value or a combination the checks refuse: name the file it came from
+            if source == "config" or str(e).startswith(f"{source}:"):
+                raise
+            raise ConfigError(f"{source}: {e}") from None
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> "Config":

@@ -38,7 +38,9 @@ def load_params(path: str | Path | None) -> dict[str, Any]:
 
 
 def run_parameters(base: dict, sweep_file: Path, overrides: dict | None, out_dir: Path) -> dict[str, Any]:
-    params = {**base, **load_params(sweep_file), **(overrides or {})}
+    """A sweep file is an overlay on the base: checked merged with it (naming the file), not on its own, so a
+    key that needs another (``crop_foreground_p`` needs ``crop_size``) may come from the base."""
+    params = {**base, **read_params(resolve(sweep_file)), **(overrides or {})}
     params.update(output_dir=str(out_dir / sweep_file.stem / "runs"), run_name=sweep_file.stem)
     return Config.from_dict(params, source=str(sweep_file)).to_dict()
 

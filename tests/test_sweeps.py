@@ -35,3 +35,17 @@ def test_cli_runner_names_the_log_of_a_failed_run(small_root, tmp_path, cache_ro
     base = _sweep(tmp_path, monkeypatch, small_root, {"bad": {"data_root": str(tmp_path / "nowhere")}})
     with pytest.raises(RuntimeError, match=r"bad\.log"):
         sweeps.run_sweep("mini", base=base, out_dir=tmp_path / "out", runner="cli", progress=False)
+
+
+def test_a_sweep_file_is_checked_merged_with_its_base(tmp_path):
+    """crop_foreground_p needs crop_size: a sweep file may take crop_size from the base, and is named when the
+    merged config is wrong (an unknown key too)."""
+    f = tmp_path / "fg.yaml"
+    f.write_text("crop_foreground_p: 0.33\n")
+    merged = sweeps.run_parameters({"image_size": 64, "crop_size": 32}, f, None, tmp_path / "out")
+    assert merged["crop_foreground_p"] == 0.33 and merged["crop_size"] == 32 and merged["run_name"] == "fg"
+    with pytest.raises(sweeps.ConfigError, match=r"fg\.yaml.*crop_foreground_p: applies to training crops"):
+        sweeps.run_parameters({"image_size": 64}, f, None, tmp_path / "out")
+    f.write_text("crop_foregound_p: 0.33\n")
+    with pytest.raises(sweeps.ConfigError, match=r"fg\.yaml.*crop_foregound_p"):
+        sweeps.run_parameters({"image_size": 64, "crop_size": 32}, f, None, tmp_path / "out")
