@@ -22,13 +22,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from skinseg.config import Config
+from skinseg.config import N_ATTRIBUTES, Config
 from skinseg.errors import CheckpointError, DiskFullError
 from skinseg.files import ensure_space, is_disk_full, space_message, write_atomic
 from skinseg.runtime import amp_for_model, pick_amp, pick_device
 
 FORMAT = "skinseg-checkpoint-v1"
 ENSEMBLE_KIND = "ensemble"
+# what each use of a checkpoint reads: predicting (a run's checkpoint or an ensemble file) and resuming
+INFERENCE_KEYS = ("config", "model", "thresholds", "gates")
+ENSEMBLE_KEYS = ("config", "members", "thresholds", "gates")
+RESUME_KEYS = INFERENCE_KEYS + ("train_model", "ema", "optimizer", "scheduler", "scaler", "epoch", "step", "best",
+                                "stale_epochs", "history", "rng")
 
 
 # ---- writing ------------------------------------------------------------------------------
@@ -81,6 +86,24 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a skinseg checkpoint (no '{FORMAT}' marker)")
     return state
+
+
+def check_for_inference(state: dict[str, Any], path: str | Path) -> None:
+    """CheckpointError naming the file when a checkpoint lacks what predicting reads, or its thresholds and gates
+    are not one number in [0, 1] per attribute."""
+    keys = ENSEMBLE_KEYS if is_ensemble(state) else INFERENCE_KEYS
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}: it was not written whole by skinseg; "
+                              "use the run's best.pt / last.pt (or retrain)")
+    n = N_ATTRIBUTES
+    for key in ("thresholds", "gates"):
+        values = state[key]
+        ok = isinstance(values, (list, tuple)) and len(values) == n and all(
+            isinstance(v, (int, float)) and 0.0 <= v <= 1.0 for v in values)
+        if not ok:
+            raise CheckpointError(f"checkpoint {path}: {key} must be {n} numbers in [0, 1], one per attribute; got "
+                                  f"{values!r}. Use the run's best.pt / last.pt (or retrain)")
 
 
 def checkpoint_epoch(path: str | Path) -> int | None:
@@ -159,7 +182,37 @@ def load_members(checkpoints: list[str | Path]) -> tuple[list[dict], list[Config
     for p, s in zip(checkpoints, states):
         if is_ensemble(s):
             raise CheckpointError(f"{p} is itself an ensemble; list its member checkpoints instead")
+        check_for_inference(s, p)
     return states, [checkpoint_config(s["config"], str(p)) for p, s in zip(checkpoints, states)]
+
+
+def check_ensemble_target(out: str | Path, members: list[str | Path]) -> Path:
+    """``out`` resolved, when an ensemble file may be written there: a new file, or an older ensemble file (which
+    only ``skinseg ensemble`` writes). A member, another checkpoint, any other file, a folder, a ground-truth
+    folder or a read-only folder is refused before any work."""
+    from skinseg.data.isic import ground_truth_folder_of
+    from skinseg.files import ensure_writable
+
+    out = Path(out).expanduser().resolve()
+    hint = "name a new file, e.g. --out runs/ensemble.pt"
+    if out.is_dir():
+        raise CheckpointError(f"--out {out} is a folder; {hint}")
+    if out in {Path(p).expanduser().resolve() for p in members}:
+        raise CheckpointError(f"--out {out} is one of the member checkpoints and would be overwritten; {hint}")
+    truth = ground_truth_folder_of(out.parent)
+    if truth is not None:
+        raise CheckpointError(f"--out {out} is inside the ground-truth folder {truth}; {hint}")
+    if out.exists():
+        try:
+            kind = load_checkpoint(out, mmap=True).get("kind")
+        except CheckpointError:
+            kind = None
+        if kind != ENSEMBLE_KIND:
+            what = "a checkpoint of a run" if kind is None and out.suffix == ".pt" else "a file"
+            raise CheckpointError(f"--out {out} exists and is {what}, not an ensemble file that `skinseg ensemble` "
+                                  f"wrote, so it is left alone; {hint}")
+    ensure_writable(out.parent, "the folder of --out", "choose another --out")
+    return out
 
 
 def ensemble_state(checkpoints: list[str | Path], states: list[dict], cfg: Config) -> dict[str, Any]:
@@ -191,6 +244,7 @@ def load_for_inference(checkpoint: str | Path, device: str = "auto"):
     from skinseg.models import model_from_config
 
     state = load_checkpoint(checkpoint)
+    check_for_inference(state, checkpoint)
     if is_ensemble(state):
         model, cfg = ensemble_from_state(state, str(checkpoint))
     else:

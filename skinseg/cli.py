@@ -1,21 +1,58 @@
-"""The ``skinseg`` command: one subcommand per verb, each a thin call into the package."""
+"""The ``skinseg`` command: one subcommand per verb, each a thin call into the package.
+
+Paths typed here are the user's: each is resolved from the working directory before the package sees it
+(paths inside params YAMLs hang off the project root, as the config documents). A user error is one line on
+stderr and exit 2; Ctrl-C is one line and exit 130; a traceback means a bug.
+"""
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import warnings
 from pathlib import Path
 
-from skinseg.choices import RESIZE_MODES, SPLIT_NAMES, TTA_MODES
+from skinseg.choices import DEVICES, RESIZE_MODES, SPLIT_NAMES, TTA_MODES
+
+# config keys that hold paths: given with --set, they are the user's too (from the working directory)
+PATH_KEYS = ("data_root", "load", "pretrained_path", "output_dir")
+# what Ctrl-C leaves, per command, when the command itself said nothing more precise
+INTERRUPTED = {
+    "train": "nothing is damaged; resume from the run's last.pt with --set load=RUN/last.pt",
+    "report": "nothing is damaged; run the same command again: finished training runs are reused",
+    "sweep": "nothing is damaged; run the same command again: finished runs are skipped",
+    "download": "nothing is damaged; run the same command again: it resumes the download",
+}
+
+
+def user_path(path: str | None) -> Path | None:
+    """A path typed on the command line, resolved from the working directory."""
+    return Path(path).expanduser().resolve() if path else None
+
+
+def _user_overrides(items: list[str] | None) -> dict:
+    """``--set`` values, with the relative paths among them resolved from the working directory."""
+    from skinseg.config import parse_overrides
+
+    overrides = parse_overrides(items)
+    for key in PATH_KEYS:
+        if isinstance(overrides.get(key), str) and overrides[key]:
+            overrides[key] = str(user_path(overrides[key]))
+    return overrides
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
     from skinseg.data.synth import write_synthetic
+    from skinseg.errors import ConfigError
 
-    lo, hi = (int(v) for v in args.width_range.split(","))
-    counts = write_synthetic(args.out, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test,
+    try:
+        lo, hi = (int(v) for v in args.width_range.split(","))
+    except ValueError:
+        raise ConfigError(f"--width-range {args.width_range!r}: two whole numbers low,high, e.g. 300,900") from None
+    counts = write_synthetic(user_path(args.out), n_train=args.n_train, n_val=args.n_val, n_test=args.n_test,
                              seed=args.seed, width_range=(lo, hi))
-    print(json.dumps({"out": str(args.out), **counts}))
+    print(json.dumps({"out": str(user_path(args.out)), **counts}))
     return 0
 
 
@@ -23,8 +60,8 @@ def _cmd_download(args: argparse.Namespace) -> int:
     from skinseg.data.download import BASE_URL, download_isic
 
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
-    result = download_isic(args.root, splits, base_url=args.base_url or BASE_URL, progress=not args.no_progress,
-                           timeout=args.timeout)
+    result = download_isic(user_path(args.root), splits, base_url=args.base_url or BASE_URL,
+                           progress=not args.no_progress, timeout=args.timeout)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -32,7 +69,7 @@ def _cmd_download(args: argparse.Namespace) -> int:
 def _cmd_stats(args: argparse.Namespace) -> int:
     from skinseg.data.stats import dataset_stats, stats_table
 
-    stats = dataset_stats(args.root, image_size=args.image_size, resize_mode=args.resize_mode)
+    stats = dataset_stats(user_path(args.root), image_size=args.image_size, resize_mode=args.resize_mode)
     import pandas as pd
 
     with pd.option_context("display.max_columns", None, "display.width", 250):
@@ -47,17 +84,17 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     from skinseg.data.cache import build_cache
     from skinseg.data.isic import find_splits
 
-    for name, split in find_splits(args.root).items():
+    for name, split in find_splits(user_path(args.root)).items():
         cache = build_cache(split, args.image_size, args.resize_mode)
         print(f"{name}: {len(cache)} images -> {cache.path}")
     return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from skinseg.config import Config, parse_overrides
+    from skinseg.config import Config
     from skinseg.train import train
 
-    cfg = Config.from_yaml(args.config, parse_overrides(args.set))
+    cfg = Config.from_yaml(user_path(args.config), _user_overrides(args.set))
     summary = train(cfg)
     summary.pop("history")
     print(json.dumps(summary, indent=2))
@@ -89,8 +126,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from skinseg.evaluation import evaluate_checkpoint, scores_table
 
     json_path = _json_target(args.json)
-    result = evaluate_checkpoint(args.checkpoint, args.data, args.split, tta=args.tta, tuned=not args.untuned,
-                                 device=args.device)
+    result = evaluate_checkpoint(user_path(args.checkpoint), user_path(args.data), args.split, tta=args.tta,
+                                 tuned=not args.untuned, device=args.device)
     print(scores_table(result.scores).to_string(float_format=lambda v: f"{v:.4f}"))
     print(f"overall (micro-averaged Jaccard, the leaderboard score): {result.scores.overall:.4f}")
     if json_path:
@@ -101,8 +138,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_ensemble(args: argparse.Namespace) -> int:
     from skinseg.evaluation import build_ensemble
 
-    summary = build_ensemble(args.checkpoint, args.data, args.out, tune_split=args.tune_split, tta=args.tta,
-                             device=args.device)
+    summary = build_ensemble([user_path(p) for p in args.checkpoint], user_path(args.data), user_path(args.out),
+                             tune_split=args.tune_split, tta=args.tta, device=args.device)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -110,7 +147,8 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from skinseg.evaluation import predict_folder
 
-    n = predict_folder(args.checkpoint, args.images, args.out, tta=args.tta, device=args.device)
+    n = predict_folder(user_path(args.checkpoint), user_path(args.images), user_path(args.out), tta=args.tta,
+                       device=args.device)
     print(f"wrote {n} mask files to {args.out}")
     return 0
 
@@ -119,7 +157,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
     from skinseg.evaluation import score_submission, scores_table
 
     json_path = _json_target(args.json)
-    scores = score_submission(args.submission, args.data, args.split)
+    scores = score_submission(user_path(args.submission), user_path(args.data), args.split)
     print(scores_table(scores).to_string(float_format=lambda v: f"{v:.4f}"))
     print(f"overall (micro-averaged Jaccard, the leaderboard score): {scores.overall:.4f}")
     if json_path:
@@ -128,12 +166,15 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from skinseg.config import parse_overrides
+    from skinseg.errors import ConfigError
+    from skinseg.paths import PARAMS_DIR
     from skinseg.sweeps import run_sweep
 
-    overrides = parse_overrides(args.set)
-    table = run_sweep(args.name, base=args.base, overrides=overrides, out_dir=args.out, runner=args.runner,
-                      jobs=args.jobs)
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs {args.jobs}: runs at once, 1 or more")
+    base = user_path(args.base) if args.base else PARAMS_DIR / "demo.yaml"
+    table = run_sweep(args.name, base=base, overrides=_user_overrides(args.set),
+                      out_dir=user_path(args.out), runner=args.runner, jobs=args.jobs)
     print(table.to_string(float_format=lambda v: f"{v:.4f}"))
     return 0
 
@@ -142,7 +183,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from skinseg.config import parse_overrides
     from skinseg.errors import ConfigError
     from skinseg.paths import IMAGES_DIR, PARAMS_DIR, REPORTS_DIR
-    from skinseg.report import ReportError, build_report
+    from skinseg.report import build_report
 
     params = PARAMS_DIR / "demo.yaml"
     if args.params:  # relative to the working directory, as `train --config`
@@ -155,21 +196,24 @@ def _cmd_report(args: argparse.Namespace) -> int:
         options["sweep_overrides"] = parse_overrides(args.sweep_set)
     images = None if args.update_images is None else Path(args.update_images or IMAGES_DIR).expanduser().resolve()
     out = Path(args.out).expanduser().resolve() if args.out else REPORTS_DIR
-    try:
-        result = build_report(params, data, out_dir=out, pdf=not args.no_pdf, images_dir=images, **options)
-    except ReportError as e:
-        print(f"skinseg report: {e}", file=sys.stderr)
-        return 1
+    result = build_report(params, data, out_dir=out, pdf=not args.no_pdf, images_dir=images, **options)
     print(f"report: {result['html']}" + (f"\npdf: {result['pdf']}" if result["pdf"] else ""))
     print(f"built in {result['seconds']:.0f} s")
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (what is wrong and where --help is), exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="skinseg", description="ISIC 2018 Task 2 lesion-attribute segmentation with U-Net variants."
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("synth", help="write the synthetic ISIC-like dataset in the official layout")
     p.add_argument("out", help="output folder")
@@ -213,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val", choices=SPLIT_NAMES)
     p.add_argument("--tta", default=None, choices=TTA_MODES, help="default: the checkpoint's")
     p.add_argument("--untuned", action="store_true", help="threshold 0.5 instead of the tuned thresholds")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--json", help="write the official-scorer-shaped JSON here")
     p.set_defaults(func=_cmd_evaluate)
 
@@ -224,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="split to tune the ensemble's thresholds on (dev: the members' common hold-out of train)")
     p.add_argument("--tta", default="none", choices=TTA_MODES)
     p.add_argument("--out", required=True, help="ensemble file to write (takes the place of a checkpoint)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.set_defaults(func=_cmd_ensemble)
 
     p = sub.add_parser("predict", help="write a challenge submission (one PNG per image and attribute)")
@@ -232,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", required=True, help="folder of ISIC_<id>.jpg images")
     p.add_argument("--out", required=True, help="output folder for ISIC_<id>_attribute_<name>.png")
     p.add_argument("--tta", default=None, choices=TTA_MODES)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("score", help="official score of a submission folder against a split's ground truth")
@@ -244,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="train every config of params/sweeps/NAME not trained yet; print the comparison")
     p.add_argument("name", help="a folder of params/sweeps/")
-    p.add_argument("--base", default="params/demo.yaml", help="params YAML the sweep's files modify")
+    p.add_argument("--base", default=None, help="params YAML the sweep's files modify (default: params/demo.yaml)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key of every config")
     p.add_argument("--out", default=None, help="output folder (default: reports/sweeps/NAME)")
     p.add_argument("--runner", default="papermill", choices=("papermill", "cli"),
@@ -267,15 +311,54 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one subcommand. A user error (:class:`skinseg.errors.SkinsegError`) is printed as one line, exit 2."""
-    from skinseg.errors import SkinsegError
+    """Run one subcommand. A user error (:class:`skinseg.errors.SkinsegError`) is printed as one line, exit 2;
+    Ctrl-C as one line, exit 130 (also when it surfaced as another error, e.g. a notebook's dead kernel)."""
+    from skinseg.errors import SkinsegError, SkinsegWarning
 
     args = build_parser().parse_args(argv)
+    interrupted = []
+
+    def on_sigint(signum, frame):
+        interrupted.append(signum)
+        signal.default_int_handler(signum, frame)
+
+    def show_warning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, SkinsegWarning):
+            print(f"skinseg {args.command}: warning: {message}", file=sys.stderr)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    def say_interrupted(e: BaseException | None) -> int:
+        said = str(e) if isinstance(e, KeyboardInterrupt) and str(e) else INTERRUPTED.get(
+            args.command, "nothing is damaged: files are written whole or not at all; run it again")
+        print(f"\nskinseg {args.command}: interrupted; {said.removeprefix('interrupted; ')}", file=sys.stderr)
+        return 130
+
+    previous = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
+    shown, warnings.showwarning = warnings.showwarning, show_warning
     try:
         return args.func(args)
+    except KeyboardInterrupt as e:
+        return say_interrupted(e)
     except SkinsegError as e:
+        if interrupted:
+            return say_interrupted(None)
         print(f"skinseg {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except Exception:
+        if interrupted:
+            return say_interrupted(None)
+        raise
+    finally:
+        warnings.showwarning = shown
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,50 @@ from skinseg.errors import ConfigError
 N_ATTRIBUTES = 5  # the ISIC 2018 Task 2 attributes (skinseg.data.isic.ATTRIBUTES)
 ISIC_MEAN = (0.708, 0.582, 0.536)  # ISIC 2018 train, `skinseg stats`
 ISIC_STD = (0.156, 0.164, 0.179)
+MAX_SEED = 2**32 - 1  # numpy's seeds
+RUN_NAME = re.compile(r"^[\w+=,-][\w .+=,-]{0,99}$")  # one folder name: no separators, no leading dot
+
+# The range of every number (of every element, for lists and the loss weights): (low, high, low open, high open);
+# None is no bound. Checked before any library sees the value.
+_P = (0.0, 1.0, False, False)  # a probability
+RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
+    "base_channels": (1, None, False, False), "freeze_encoder": (0, None, False, False),
+    "image_size": (32, None, False, False), "dev_fraction": (0.0, 1.0, False, True),
+    "dev_seed": (0, MAX_SEED, False, False), "num_workers": (0, None, False, False),
+    "crop_foreground_p": _P, "aug_flip_p": _P, "aug_rotate90_p": _P, "aug_rotate_p": _P, "aug_scale_p": _P,
+    "aug_color_p": _P, "aug_gamma_p": _P, "aug_blur_p": _P, "aug_noise_p": _P, "aug_lowres_p": _P,
+    "rotate_limit": (0.0, 180.0, False, False), "scale_limit": (0.0, 1.0, False, True),
+    "brightness": (0.0, 1.0, False, False), "contrast": (0.0, 1.0, False, False), "hue": (0.0, 0.5, False, False),
+    "mean": (0.0, 1.0, False, False), "std": (0.0, None, True, False),
+    "epochs": (1, None, False, False), "batch_size": (1, None, False, False), "lr": (0.0, None, True, False),
+    "encoder_lr_mult": (0.0, None, True, False), "momentum": (0.0, 1.0, False, True),
+    "weight_decay": (0.0, None, False, False), "t_max": (1, None, False, False), "eta_min": (0.0, None, False, False),
+    "step_size": (1, None, False, False), "gamma": (0.0, 1.0, True, True),
+    "reduce_lr_patience": (0, None, False, False), "warmup_epochs": (0.0, None, False, False),
+    "grad_clip": (0.0, None, True, False), "accumulate": (1, None, False, False), "ema": (0.0, 1.0, True, True),
+    "patience": (1, None, False, False), "loss": (0.0, None, False, False), "pos_weight": (0.0, None, True, False),
+    "attribute_weights": (0.0, None, False, False), "focal_gamma": (0.0, None, False, False),
+    "focal_alpha": _P, "tversky_alpha": (0.0, None, False, False), "tversky_beta": (0.0, None, False, False),
+    "aux_weight": (0.0, None, False, False), "seed": (0, MAX_SEED, False, False),
+    "log_every": (1, None, False, False), "val_every": (1, None, False, False),
+    "checkpoint_every": (1, None, False, False), "threshold": (0.0, 1.0, True, True),
+}
+
+
+def range_text(low, high, low_open: bool, high_open: bool) -> str:
+    """'in [0, 1)', '>= 0', '> 0' ... as a message says it."""
+    def num(v) -> str:
+        return str(v) if isinstance(v, int) else f"{v:g}"
+
+    if high is None:
+        return f"{'>' if low_open else '>='} {num(low)}"
+    return f"in {'(' if low_open else '['}{num(low)}, {num(high)}{')' if high_open else ']'}"
+
+
+def _in_range(value: float, low, high, low_open: bool, high_open: bool) -> bool:
+    above = low is None or (value > low if low_open else value >= low)
+    below = high is None or (value < high if high_open else value <= high)
+    return above and below
 
 
 def _choice(*choices: str, default: str) -> Any:
@@ -203,53 +248,48 @@ class Config:
             value = getattr(self, f.name)
             if choices and value not in choices:
                 raise ConfigError(f"{f.name}: {value!r} is not valid; choose one of {', '.join(choices)}")
-        positive = ("classes", "base_channels", "image_size", "epochs", "batch_size", "accumulate", "log_every",
-                    "val_every", "checkpoint_every")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
-        if self.classes != N_ATTRIBUTES:
-            raise ConfigError(f"classes: {self.classes} is not supported; the data, the metric and the submissions are "
-                              f"the {N_ATTRIBUTES} ISIC 2018 Task 2 attributes, so classes must be {N_ATTRIBUTES}")
+        if not isinstance(self.loss, dict) or not self.loss:
+            raise ConfigError(f"loss: a mapping of loss names to weights, e.g. {{bce: 1.0, dice: 1.0}}; got {self.loss!r}")
         for f in fields(self):
             value = getattr(self, f.name)
             values = value if isinstance(value, (tuple, list)) else value.values() if isinstance(value, dict) else [value]
             if any(isinstance(v, float) and not math.isfinite(v) for v in values):
                 raise ConfigError(f"{f.name}: must be a finite number, got {value!r}")
+        for name, bounds in RANGES.items():
+            value = getattr(self, name)
+            values = [] if value is None else value.values() if isinstance(value, dict) else (
+                value if isinstance(value, (tuple, list)) else [value])
+            if any(not isinstance(v, (int, float)) or not _in_range(v, *bounds) for v in values):
+                each = "every value " if isinstance(value, (tuple, list, dict)) else ""
+                raise ConfigError(f"{name}: {each}must be {range_text(*bounds)}, got {value!r}")
+        if self.classes != N_ATTRIBUTES:
+            raise ConfigError(f"classes: {self.classes} is not supported; the data, the metric and the submissions are "
+                              f"the {N_ATTRIBUTES} ISIC 2018 Task 2 attributes, so classes must be {N_ATTRIBUTES}")
         if self.image_size % 32:
             raise ConfigError(f"image_size: {self.image_size} must be a multiple of 32 (e.g. 256, 384, 512)")
         if self.crop_size is not None and not (32 <= self.crop_size <= self.image_size and self.crop_size % 32 == 0):
             raise ConfigError(f"crop_size: {self.crop_size} must be a multiple of 32 between 32 and image_size "
                               f"({self.image_size}), or null for whole images")
-        for name in ("t_max", "step_size", "patience"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"{name}: must be >= 1{' or null' if name != 'step_size' else ''}, got {value}")
         if self.crop_foreground_p and self.crop_size is None:
             raise ConfigError("crop_foreground_p: applies to training crops; set crop_size too, or leave it at 0")
-        for name in ("crop_foreground_p", "aug_gamma_p", "aug_blur_p", "aug_noise_p", "aug_lowres_p"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ConfigError(f"{name}: a probability in [0, 1], got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ConfigError(f"lr: must be > 0, got {self.lr}")
-        if not 0.0 <= self.dev_fraction < 1.0:
-            raise ConfigError(f"dev_fraction: must be in [0, 1), got {self.dev_fraction}")
-        if self.num_workers < 0:
-            raise ConfigError(f"num_workers: must be >= 0, got {self.num_workers}")
         if self.deep_supervision < 0:
             raise ConfigError(f"deep_supervision: the number of lower-resolution decoder stages with a mask head, "
                               f"0 (none) up to the decoder stages below full resolution; got {self.deep_supervision}")
-        if not 0.0 < self.threshold < 1.0:
-            raise ConfigError(f"threshold: must be in (0, 1), got {self.threshold}")
-        if self.ema is not None and not 0.0 < self.ema < 1.0:
-            raise ConfigError(f"ema: a decay in (0, 1) such as 0.999, or null; got {self.ema}")
-        if not isinstance(self.loss, dict) or not self.loss:
-            raise ConfigError(f"loss: a mapping of loss names to weights, e.g. {{bce: 1.0, dice: 1.0}}; got {self.loss!r}")
         for name, weight in self.loss.items():
             if name not in LOSSES:
                 raise ConfigError(f"loss: unknown loss {name!r}{_did_you_mean(name, LOSSES)}; valid: {', '.join(LOSSES)}")
-            if not isinstance(weight, (int, float)) or weight < 0:
-                raise ConfigError(f"loss: weight of {name!r} must be a number >= 0, got {weight!r}")
+        if not any(self.loss.values()):
+            raise ConfigError(f"loss: at least one weight must be > 0, got {self.loss!r}")
+        if self.attribute_weights is not None and not any(self.attribute_weights):
+            raise ConfigError("attribute_weights: at least one must be > 0 (all zero would train nothing), got "
+                              f"{list(self.attribute_weights)}")
+        if self.warmup_epochs > self.epochs:
+            raise ConfigError(f"warmup_epochs: {self.warmup_epochs:g} is longer than the run (epochs: {self.epochs})")
+        if self.tversky_alpha + self.tversky_beta <= 0:
+            raise ConfigError("tversky_alpha, tversky_beta: at least one must be > 0")
+        if self.run_name is not None and not RUN_NAME.match(self.run_name):
+            raise ConfigError(f"run_name: {self.run_name[:60]!r} is not one folder name; use up to 100 letters, "
+                              "digits, spaces and . _ + - = , (no / or leading dot), or null for the loss names")
         for name in ("pos_weight", "attribute_weights"):
             value = getattr(self, name)
             if value is not None and len(value) != self.classes:
@@ -257,12 +297,22 @@ class Config:
         for name in ("mean", "std"):
             if getattr(self, name) is not None and len(getattr(self, name)) != 3:
                 raise ConfigError(f"{name}: needs three values (R, G, B), or null for the default")
-        if self.std is not None and min(self.std) <= 0:
-            raise ConfigError(f"std: every value must be > 0, got {list(self.std)}")
-        if self.encoder_lr_mult <= 0:
-            raise ConfigError(f"encoder_lr_mult: must be > 0, got {self.encoder_lr_mult}")
         if self.dev_fraction == 0.0 and "dev" in (self.train_split, self.val_split):
             raise ConfigError("val_split/train_split 'dev' needs dev_fraction > 0 (e.g. 0.15)")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise ConfigError(f"key {key!r} is given twice (lines {seen[key]} and {line}); keep one")
+            seen[key] = line
+        return super().construct_mapping(node, deep)
 
 
 def read_params(path: str | Path) -> dict[str, Any]:
@@ -272,7 +322,9 @@ def read_params(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {yaml_problem(e)}") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -360,6 +412,8 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key=value")
         key, raw = item.split("=", 1)
+        if key.strip() in out:
+            raise ConfigError(f"--set {key.strip()}: given twice; keep one")
         try:
             out[key.strip()] = yaml.safe_load(raw)
         except yaml.YAMLError as e:

@@ -33,3 +33,23 @@ class EnvironmentProblem(SkinsegError, RuntimeError):
 
 class DiskFullError(EnvironmentProblem, OSError):
     """Not enough free space to write a file; the message says how much is needed and where."""
+
+
+class SweepError(SkinsegError, RuntimeError):
+    """A run of a sweep failed or left no complete run; the message names it and its log or notebook."""
+
+
+class ReportError(SkinsegError, RuntimeError):
+    """A notebook of the report failed: the message names it, the cell, and the partly executed copy."""
+
+
+class RunInUse(SkinsegError, RuntimeError):
+    """Another process is training in this run folder (resuming it twice at once would log every step twice)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C: the message says what was kept and how to go on. The command line prints it as one line, exit 130."""
+
+
+class SkinsegWarning(UserWarning):
+    """Something the user should know that does not stop the command; the command line prints it as one line."""

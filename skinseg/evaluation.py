@@ -3,6 +3,7 @@ checkpoints into an ensemble, score a submission folder."""
 from __future__ import annotations
 
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -10,14 +11,15 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from skinseg.checkpoint import (ensemble_from_state, ensemble_state, load_for_inference, load_members,
-                               ready_for_inference, save_checkpoint)
+from skinseg.checkpoint import (check_ensemble_target, ensemble_from_state, ensemble_state, load_for_inference,
+                               load_members, ready_for_inference, save_checkpoint)
 from skinseg.data.augment import eval_transform
 from skinseg.data.cache import build_cache, read_mask
 from skinseg.data.dataset import ISICDataset, make_loader
-from skinseg.data.isic import ATTRIBUTES, Split, get_split, ground_truth_folder_of, image_split, mask_name
+from skinseg.data.isic import (ATTRIBUTES, Split, get_split, ground_truth_folder_of, image_split, mask_name,
+                                name_list)
 from skinseg.ensemble import ensemble_config
-from skinseg.errors import DataError
+from skinseg.errors import DataError, SkinsegWarning
 from skinseg.inference import EvalResult, check_submission_folder, evaluate_model, write_submission
 from skinseg.metrics import OfficialScore, Scores
 
@@ -60,6 +62,7 @@ def build_ensemble(checkpoints: list[str | Path], data_root: str | Path, out: st
     """Combine checkpoints into an ensemble file, its per-attribute thresholds tuned on ``tune_split`` with the
     official score. Returns a summary: the ensemble file, tuned thresholds, and the scores on the tune split.
     """
+    out = check_ensemble_target(out, checkpoints)  # before any work
     states, configs = load_members(checkpoints)
     cfg = ensemble_config(configs, tune_split).replace(tta=tta)
     state = ensemble_state(checkpoints, states, cfg)
@@ -91,6 +94,7 @@ def score_submission(pred_dir: str | Path, data_root: str | Path, split: str = "
     if gt is not None:
         raise DataError(f"{pred_dir} is {'inside ' if gt != pred_dir.resolve() else ''}the ground-truth folder {gt}, "
                         "not a submission; pass the folder that `skinseg predict` wrote")
+    _check_submission_files(pred_dir, truth)
     reader = _MaskReader()
     pool = ThreadPoolExecutor(min(8, os.cpu_count() or 1) + 1)  # one more than the cores: file reads wait
     try:
@@ -101,6 +105,25 @@ def score_submission(pred_dir: str | Path, data_root: str | Path, split: str = "
     if rows:
         acc.add(*(np.array(column) for column in zip(*rows)))
     return acc.compute()
+
+
+class SubmissionWarning(SkinsegWarning):
+    """Files in a submission folder that the split does not ask for (ignored by the score)."""
+
+
+def _check_submission_files(pred_dir: Path, truth: Split) -> None:
+    """DataError listing every file the submission lacks; a warning naming the files it holds beyond the split's."""
+    expected = {mask_name(i, a) for i in truth.ids for a in ATTRIBUTES}
+    present = {p.name for p in pred_dir.iterdir() if not p.name.startswith(".")}
+    missing = sorted(expected - present)
+    if missing:
+        raise DataError(f"submission {pred_dir} lacks {len(missing)} of the {len(expected)} files of split "
+                        f"{truth.name!r}: {name_list(missing)}; every image needs one PNG per attribute "
+                        "(`skinseg predict` writes them all)")
+    extra = sorted(present - expected)
+    if extra:
+        warnings.warn(SubmissionWarning(f"{len(extra)} file(s) in {pred_dir} are not part of a submission for split "
+                                        f"{truth.name!r} and were not scored: {name_list(extra)}"), stacklevel=2)
 
 
 _PNG = b"\x89PNG\r\n\x1a\n"

@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from skinseg.errors import DiskFullError, EnvironmentProblem
+from skinseg.errors import DataError, DiskFullError, EnvironmentProblem
 
 SPARE_BYTES = 2**20  # left free after any write, so the disk is never filled to the last byte
 
@@ -90,3 +90,47 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+# ---- folders a command owns ------------------------------------------------------------------------
+def check_replaceable(folder: str | Path, marker: str, what: str, hint: str) -> Path:
+    """``folder`` resolved, when a command whose folders hold ``marker`` may write it: it does not exist, is
+    empty, or holds the marker. DataError ("<what> <folder> ... <hint>") otherwise: a file, or a folder of
+    someone else's."""
+    folder = Path(folder).expanduser().resolve()
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"{what} {folder} is a file, not a folder; {hint}")
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / marker).is_file():
+        raise DataError(f"{what} {folder} holds files that skinseg did not write there (no {marker} marker), so it "
+                        f"is left alone; {hint}")
+    return folder
+
+
+def write_marker(folder: Path, marker: str, text: str) -> None:
+    """Mark ``folder`` as made by skinseg, so the same command may replace it later."""
+    (Path(folder) / marker).write_text(text.rstrip("\n") + "\n")
+
+
+def replace_folder(tmp: Path, final: Path) -> None:
+    """Put the complete folder ``tmp`` at ``final`` in two renames, the old ``final`` (which the caller checked
+    with :func:`check_replaceable`) removed after: a kill leaves the old folder or the new one in place."""
+    if not final.exists():
+        os.replace(tmp, final)
+        return
+    old = temp_sibling(final, ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(final, old)
+    try:
+        os.replace(tmp, final)
+    except OSError:
+        os.replace(old, final)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def os_error(e: OSError, what: str, folder, hint: str) -> EnvironmentProblem:
+    """The one-line user error for an OSError while writing: DiskFullError for a full disk, EnvironmentProblem
+    (read-only, permission) otherwise; ``what`` names the file, ``hint`` says what to do."""
+    if is_disk_full(e):
+        return DiskFullError(f"disk full while writing {what} ({space_message(folder)}); {hint}")
+    return EnvironmentProblem(f"could not write {what}: {e.strerror or type(e).__name__}; {hint}")

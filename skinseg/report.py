@@ -14,18 +14,19 @@ from typing import Any
 
 import nbformat
 
+from skinseg.errors import Interrupted, ReportError
+from skinseg.files import check_replaceable, write_marker
 from skinseg.notebook import is_synthetic, resolve_checkpoint, resolve_data
-from skinseg.paths import NOTEBOOKS_DIR, PARAMS_DIR, REPORTS_DIR, resolve
+from skinseg.paths import IMAGES_DIR, NOTEBOOKS_DIR, PARAMS_DIR, REPORTS_DIR, resolve
 
 NOTEBOOKS = ("01_eda", "02_architectures", "03_train", "04_sweeps", "05_test_evaluation", "06_qualitative")
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "chromium-headless-shell", "google-chrome")
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--no-first-run", "--disable-sync")
 SKIP_TAG = "report-skip"
-
-
-class ReportError(RuntimeError):
-    """A notebook failed: the message names it, the cell, and the partly executed copy."""
+# left in an --out or --update-images folder outside reports/ and images/: the report may write there again
+REPORT_MARKER = ".skinseg-report"
+FIGURES_MARKER = ".skinseg-figures"
 
 
 def chosen_data_root(values: dict[str, Any], data_root: str | Path | None) -> str | Path | None:
@@ -50,15 +51,34 @@ def execute(name: str, parameters: dict[str, Any], out_dir: Path, kernel: str = 
     out = Path(out_dir) / f"{name}.ipynb"
     accepted = notebook_parameters(name, source_dir)
     params = {k: v for k, v in parameters.items() if k in accepted}
+    from nbclient.exceptions import DeadKernelError
+
     try:
         pm.execute_notebook(str(Path(source_dir) / f"{name}.ipynb"), str(out), parameters=params,
                             kernel_name=kernel, cwd=str(source_dir), progress_bar=False)
     except pm.PapermillExecutionError as e:
-        raise ReportError(
-            f"notebook {name} failed in cell {e.exec_count} (cell index {e.cell_index}): {e.ename}: {e.evalue}\n"
-            f"partly executed notebook: {out}"
-        ) from None
+        if e.ename == "KeyboardInterrupt":
+            raise Interrupted(f"notebook {name} was stopped in cell {e.exec_count}; nothing is damaged: run the same "
+                              "command again (finished training runs are reused)") from None
+        evalue = str(e.evalue).splitlines()[0] if e.evalue else ""
+        raise ReportError(f"notebook {name} failed in cell {e.exec_count} (cell index {e.cell_index}): {e.ename}: "
+                          f"{evalue}; partly executed notebook: {out}") from None
+    except DeadKernelError:
+        raise ReportError(f"the kernel running notebook {name} died (out of memory, or killed); partly executed "
+                          f"notebook: {out}. Run the same command again (finished training runs are reused)") from None
     return out
+
+
+def claim_folder(folder: str | Path, own: Path, marker: str, what: str) -> Path:
+    """``folder`` resolved and created, when the report may write there: below ``own`` (reports/, images/: the
+    project's generated folders), new, empty, or marked by an earlier report; DataError for anyone else's."""
+    folder = Path(folder).expanduser().resolve()
+    if folder != own and own not in folder.parents:
+        check_replaceable(folder, marker, what, f"choose a new or empty folder for {what}")
+        folder.mkdir(parents=True, exist_ok=True)
+        write_marker(folder, marker, "written by skinseg report; `skinseg report` may write here again")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def run_notebooks(params: str | Path = PARAMS_DIR / "demo.yaml", data_root: str | Path | None = None,
@@ -215,7 +235,9 @@ def build_report(params: str | Path = PARAMS_DIR / "demo.yaml", data_root: str |
                  **options: Any) -> dict[str, Any]:
     """Execute 01-06 and build reports/report.html (+ report.pdf where Chromium exists)."""
     start = time.perf_counter()
-    out_dir = Path(out_dir)
+    out_dir = claim_folder(out_dir, REPORTS_DIR.resolve(), REPORT_MARKER, "--out")
+    if images_dir is not None:
+        images_dir = claim_folder(images_dir, IMAGES_DIR.resolve(), FIGURES_MARKER, "--update-images")
     executed = run_notebooks(params, data_root, out_dir, **options)
     from skinseg.sweeps import load_params
 

@@ -4,8 +4,13 @@ A run folder ``<output_dir>/<time>_<model>_<name>/`` holds
 
 - ``config.yaml``: the run's config,
 - ``metrics.csv``: one row per optimizer step (``kind=step``) and per epoch (``kind=epoch``),
-- ``last.pt`` (every epoch) and ``best.pt`` (each time the validation score improves),
-- ``done.json``: the end marker, written when training ends — all epochs run or stopped early — naming why.
+- ``last.pt`` (every ``checkpoint_every`` epochs and the last) and ``best.pt`` (each time the validation score improves),
+- ``done.json``: the end marker, written when training ends — all epochs run or stopped early — naming why,
+- ``.lock``: held (``flock``) by the one process training in the folder; the system drops it when that process ends.
+
+``config.yaml`` and ``metrics.csv`` always describe what the weights went through: one process trains in a folder
+at a time, a resumed run must keep the config it was trained with (:data:`MAY_CHANGE_ON_RESUME` aside, which are
+written into config.yaml), and resuming restores the epoch rows that a kill during a checkpoint write left out.
 
 Nothing else names these files: the trainer, sweeps, the report and the notebooks ask this module.
 """
@@ -14,6 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import time
 from datetime import datetime
 from pathlib import Path
@@ -23,7 +29,8 @@ import pandas as pd
 import yaml
 
 from skinseg.data.isic import ATTRIBUTES
-from skinseg.files import remove_dead_temp_files, write_atomic
+from skinseg.errors import DataError, RunInUse
+from skinseg.files import os_error, remove_dead_temp_files, write_atomic
 from skinseg.paths import resolve
 
 CONFIG_FILE = "config.yaml"
@@ -31,8 +38,12 @@ METRICS_FILE = "metrics.csv"
 BEST_CHECKPOINT = "best.pt"
 LAST_CHECKPOINT = "last.pt"
 END_MARKER = "done.json"
+LOCK_FILE = ".lock"
 # keys that do not change what a run learns: runs differing only in these are the same run
 IGNORED_WHEN_COMPARING = ("output_dir", "run_name", "load", "num_workers", "log_every", "checkpoint_every")
+# keys a resumed run may set differently from its config.yaml (which then records the new values): where the run
+# and its data live and how it is run, not what the weights go through
+MAY_CHANGE_ON_RESUME = IGNORED_WHEN_COMPARING + ("data_root", "device", "compile")
 CSV_COLUMNS = (
     ["kind", "epoch", "step", "time", "loss", "lr", "train_loss", "val_loss", "epoch_seconds", "images_per_s",
      "val_seconds", "checkpoint_seconds"]
@@ -46,6 +57,10 @@ class RunFolder:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._lock = None
+
+    def __del__(self) -> None:
+        self.unlock()
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
@@ -92,38 +107,83 @@ class RunFolder:
                 suffix += 1
                 run = Path(f"{path}-{suffix}")
         folder = cls(run)
-        write_atomic(folder.config_file, config_yaml)
-        with open(folder.metrics_file, "w", newline="") as f:
-            csv.DictWriter(f, CSV_COLUMNS).writeheader()
+        folder.lock()
+        with folder.writing(CONFIG_FILE):
+            write_atomic(folder.config_file, config_yaml)
+            with open(folder.metrics_file, "w", newline="") as f:
+                csv.DictWriter(f, CSV_COLUMNS).writeheader()
         return folder
+
+    def lock(self) -> None:
+        """Become the one process training in this folder; RunInUse when another one is (a second resume of the
+        same last.pt). Held until :meth:`unlock` or the end of the process, a kill included."""
+        try:
+            import fcntl
+        except ImportError:  # Windows: no flock; one writer at a time is then the user's to keep
+            return
+        with self.writing(LOCK_FILE):
+            fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise RunInUse(f"run folder {self.path} is being trained by another process (pid {holder}); wait for it "
+                           "to end (or stop it) before resuming, or train a new run") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock = fd
+
+    def unlock(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+    def writing(self, name: str):
+        """Context: an OSError while writing ``name`` becomes a one-line user error (full disk, read-only)."""
+        return _Writing(self, name)
+
+    def update_config(self, config_yaml: str) -> None:
+        """Record a resumed run's new values of :data:`MAY_CHANGE_ON_RESUME` keys."""
+        with self.writing(CONFIG_FILE):
+            write_atomic(self.config_file, config_yaml)
 
     def log(self, row: dict[str, Any]) -> None:
         row = {"time": f"{time.time():.3f}", **row}
-        with open(self.metrics_file, "a", newline="") as f:
+        with self.writing(METRICS_FILE), open(self.metrics_file, "a", newline="") as f:
             csv.DictWriter(f, CSV_COLUMNS, extrasaction="ignore").writerow(row)
 
-    def truncate_metrics(self, step: int, epoch: int) -> None:
-        """Drop rows past a checkpoint's step and epoch, so a resumed run does not log an epoch twice."""
+    def truncate_metrics(self, step: int, epoch: int, history: list[dict[str, Any]] | None = None) -> None:
+        """Make metrics.csv end at a checkpoint's step and epoch: rows past them go (a resumed run logs them
+        again), and epoch rows the checkpoint's ``history`` holds but the log lacks come back (a kill during the
+        checkpoint writes comes before the epoch's row is logged)."""
         if not self.metrics_file.exists():
             return
         with open(self.metrics_file, newline="") as f:
             rows = [r for r in csv.DictReader(f)
                     if (r["kind"] == "step" and int(r["step"]) <= step)
                     or (r["kind"] == "epoch" and int(r["epoch"]) <= epoch)]
+        logged = {int(r["epoch"]) for r in rows if r["kind"] == "epoch"}
+        for row in history or []:
+            if row.get("kind") == "epoch" and int(row["epoch"]) <= epoch and int(row["epoch"]) not in logged:
+                rows.append({"time": "", **row})
         text = io.StringIO(newline="")
-        writer = csv.DictWriter(text, CSV_COLUMNS)
+        writer = csv.DictWriter(text, CSV_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-        write_atomic(self.metrics_file, text.getvalue())
+        with self.writing(METRICS_FILE):
+            write_atomic(self.metrics_file, text.getvalue())
 
     def mark_done(self, reason: str, epochs_run: int, best_epoch: int, best_score: float) -> None:
         """Write the end marker: training is over (``reason``: completed or early_stop)."""
-        write_atomic(self.end_marker, json.dumps({"reason": reason, "epochs_run": epochs_run,
-                                                  "best_epoch": best_epoch, "best_score": best_score}))
+        with self.writing(END_MARKER):
+            write_atomic(self.end_marker, json.dumps({"reason": reason, "epochs_run": epochs_run,
+                                                      "best_epoch": best_epoch, "best_score": best_score}))
 
     def clear_done(self) -> None:
         """A resumed run is running again: it is not done until it ends."""
-        self.end_marker.unlink(missing_ok=True)
+        with self.writing(END_MARKER):
+            self.end_marker.unlink(missing_ok=True)
 
     def remove_stale_temp_files(self) -> None:
         """Delete ``.<file>.tmp-<pid>`` leftovers of processes that no longer run (a kill during a write)."""
@@ -162,6 +222,21 @@ class RunFolder:
         return self.last.exists() and (checkpoint_epoch(self.last) or 0) >= self.config()["epochs"]
 
 
+class _Writing:
+    def __init__(self, run: RunFolder, name: str):
+        self.run, self.name = run, name
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, e, tb) -> bool:
+        if isinstance(e, OSError) and not isinstance(e, RunInUse):
+            raise os_error(e, f"{self.run.path / self.name}", self.run.path,
+                           "the run's files are as they were before this write; free space or make the folder "
+                           "writable, then resume from last.pt (config key `load`)") from None
+        return False
+
+
 # ---- module-level readers (what notebooks and sweeps call) -----------------------------------
 def read_metrics(run_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(per-step rows, per-epoch rows) of a run's metrics.csv."""
@@ -190,9 +265,21 @@ def latest_run(output_dir: str | Path = "runs", with_checkpoint: bool = True) ->
     """The newest run folder below ``output_dir`` (by name, which starts with the time)."""
     runs = find_runs(output_dir, with_checkpoint)
     if not runs:
-        raise FileNotFoundError(f"no run folders with a {BEST_CHECKPOINT} below {resolve(output_dir)}; "
+        raise DataError(f"no run folders with a {BEST_CHECKPOINT} below {resolve(output_dir)}; "
                                 "train one first (03_train or `skinseg train`)")
     return max(runs, key=lambda p: (p.name, p.stat().st_mtime))
+
+
+def config_changes(saved: dict[str, Any], cfg) -> list[tuple[str, Any, Any]]:
+    """(key, value the run was trained with, value of ``cfg``) for every key a resume may not change: all but
+    :data:`MAY_CHANGE_ON_RESUME` and the options the run's model does not take."""
+    from skinseg.config import Config
+    from skinseg.models.registry import unused_options
+
+    have = Config.from_dict({**Config().to_dict(), **saved}, source="the checkpoint's config").resolved().to_dict()
+    want = cfg.resolved().to_dict()
+    skip = set(MAY_CHANGE_ON_RESUME) | unused_options(want["model"])
+    return [(k, have[k], want[k]) for k in want if k not in skip and have[k] != want[k]]
 
 
 def find_complete_run(output_dir: str | Path, params: dict[str, Any]) -> Path | None:

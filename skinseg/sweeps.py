@@ -13,7 +13,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from skinseg.config import Config, read_params
-from skinseg.errors import ConfigError
+from skinseg.errors import ConfigError, SweepError
 from skinseg.paths import NOTEBOOKS_DIR, PARAMS_DIR, REPORTS_DIR, resolve
 from skinseg.runs import RunFolder, find_complete_run, read_metrics, run_summary
 
@@ -68,8 +68,14 @@ def run_sweep(name: str, base: str | Path | None = "params/demo.yaml", overrides
         import papermill as pm
 
         for stem, params in tqdm(todo.items(), desc=f"sweep {name}", disable=not progress):
-            pm.execute_notebook(str(NOTEBOOKS_DIR / "03_train.ipynb"), str(out_dir / f"{stem}.ipynb"),
-                                parameters=params, kernel_name=kernel, cwd=str(NOTEBOOKS_DIR), progress_bar=False)
+            notebook = out_dir / f"{stem}.ipynb"
+            try:
+                pm.execute_notebook(str(NOTEBOOKS_DIR / "03_train.ipynb"), str(notebook), parameters=params,
+                                    kernel_name=kernel, cwd=str(NOTEBOOKS_DIR), progress_bar=False)
+            except pm.PapermillExecutionError as e:
+                raise SweepError(f"sweep {name}: run {stem} failed in cell {e.exec_count}: {e.ename}: "
+                                 f"{str(e.evalue).splitlines()[0] if e.evalue else ''}; partly executed notebook: "
+                                 f"{notebook}. Fix it, then run the sweep again (finished runs are skipped)") from None
     elif runner == "cli":
         _train_in_processes(todo, out_dir, jobs, progress)
     else:
@@ -77,13 +83,13 @@ def run_sweep(name: str, base: str | Path | None = "params/demo.yaml", overrides
     for stem, params in todo.items():
         runs[stem] = find_complete_run(Path(params["output_dir"]), params)
         if runs[stem] is None:
-            raise RuntimeError(f"sweep {name}: {stem} ran but left no complete run in {params['output_dir']}")
+            raise SweepError(f"sweep {name}: {stem} ran but left no complete run in {params['output_dir']}")
     return comparison(runs)
 
 
 def _train_in_processes(todo: dict[str, dict], out_dir: Path, jobs: int, progress: bool) -> None:
     """``skinseg train`` per config, ``jobs`` at a time; output to ``<out_dir>/<config>.log``. A failed run is
-    a RuntimeError naming its log (after the others finished)."""
+    a SweepError naming the run and the last line of its log (after the others finished)."""
     import subprocess
     import sys
     from concurrent.futures import ThreadPoolExecutor
@@ -106,8 +112,18 @@ def _train_in_processes(todo: dict[str, dict], out_dir: Path, jobs: int, progres
         codes = dict(zip(todo, pool.map(train_one, todo, todo.values())))
     failed = [stem for stem, code in codes.items() if code]
     if failed:
-        raise RuntimeError(f"sweep runs failed: {', '.join(failed)}; see " +
-                           ", ".join(str(out_dir / f"{s}.log") for s in failed))
+        said = "; ".join(f"{s}: {_last_line(out_dir / f'{s}.log')} (log: {out_dir / f'{s}.log'})" for s in failed)
+        raise SweepError(f"{len(failed)} of {len(codes)} sweep runs failed: {said}. Fix them, then run the sweep "
+                         "again (finished runs are skipped)")
+
+
+def _last_line(log: Path) -> str:
+    """The last line a failed run printed: its one-line error (or the last line of its traceback)."""
+    try:
+        lines = [line.strip() for line in log.read_text(errors="replace").replace("\r", "\n").splitlines()]
+    except OSError:
+        return "no log"
+    return next((line for line in reversed(lines) if line), "no output")
 
 
 def comparison(runs: dict[str, Path]) -> pd.DataFrame:

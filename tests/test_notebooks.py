@@ -12,6 +12,7 @@ from skinseg import notebook
 from skinseg.config import Config
 from skinseg.notebook import QUICK_TRAIN, is_synthetic, resolve_checkpoint, resolve_data, setup
 from skinseg.paths import NOTEBOOKS_DIR, PARAMS_DIR, PROJ_ROOT
+from skinseg.errors import DataError
 from skinseg.report import NOTEBOOKS, ReportError, build_html, chosen_data_root, combine, execute
 from skinseg.runs import RunFolder, best_checkpoint
 
@@ -123,7 +124,7 @@ def test_report_and_notebooks_share_the_data_root_rule():
 
 
 def test_resolve_checkpoint_is_the_given_one_or_the_newest_runs_best(tmp_path):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(DataError, match="no run folders"):
         resolve_checkpoint(None, tmp_path)
     for name in ("20260101-000000_unet_old", "20260102-000000_unet_new"):
         run = RunFolder.create(tmp_path / name, "epochs: 1\n")

@@ -65,11 +65,13 @@ def test_equals_the_official_formula_on_mixed_sizes(case):
     assert 0 < got["overall"] < 1
 
 
-def test_missing_file_named_first_in_image_order(case):
+def test_every_missing_file_is_named_in_image_order(case):
     root, sub, ids = case
     (sub / mask_name(ids[5], "globules")).unlink()
     (sub / mask_name(ids[2], "streaks")).unlink()
-    with pytest.raises(DataError, match=re.escape(f"submission {sub} lacks {mask_name(ids[2], 'streaks')}")):
+    # every missing file is named, in image order
+    with pytest.raises(DataError, match=re.escape(f"submission {sub} lacks 2 of the 35 files of split 'val': "
+                                                  f"{mask_name(ids[2], 'streaks')}, {mask_name(ids[5], 'globules')};")):
         score_submission(sub, root, "val")
 
 

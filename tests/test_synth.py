@@ -43,7 +43,9 @@ def test_layout_matches_the_official_folders_and_file_names(small_root: Path):
     assert sorted(p.name for p in small_root.iterdir()) == ["test", "train", "val"]
     all_ids = []
     for split, (img_folder, gt_folder) in SPLIT_FOLDERS.items():
-        assert sorted(p.name for p in (small_root / split).iterdir()) == sorted([img_folder, gt_folder])
+        # the official folders, and the marker that lets `skinseg synth` replace what it wrote
+        assert sorted(p.name for p in (small_root / split).iterdir()) == sorted([img_folder, gt_folder,
+                                                                                 ".skinseg-synthetic"])
         images = sorted(p.name for p in (small_root / split / img_folder).iterdir())
         assert all(IMAGE_RE.match(n) for n in images)
         ids = [n[:-4] for n in images]

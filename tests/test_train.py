@@ -12,8 +12,9 @@ from conftest import assert_same_weights, crash_and_resume
 from skinseg.config import Config
 from skinseg.data.isic import ATTRIBUTES
 from skinseg.train import TrainingError, train
-from skinseg.checkpoint import load_checkpoint
-from skinseg.errors import CheckpointError
+from skinseg.checkpoint import load_checkpoint, load_model_weights
+from skinseg.errors import CheckpointError, ConfigError
+from skinseg.models.registry import create_model
 
 
 
@@ -64,7 +65,7 @@ def test_overfits_one_small_batch(tmp_path, cache_root):
 def test_run_folder_contents(small_root, tmp_path, cache_root):
     summary = train(_cfg(small_root, tmp_path, log_every=1), progress=False)
     run = summary["run_dir"]
-    assert sorted(os.listdir(run)) == ["best.pt", "config.yaml", "done.json", "last.pt", "metrics.csv"]
+    assert sorted(os.listdir(run)) == [".lock", "best.pt", "config.yaml", "done.json", "last.pt", "metrics.csv"]
     assert Config.from_yaml(os.path.join(run, "config.yaml")).base_channels == 8
     steps, epochs = _rows(run, "step"), _rows(run, "epoch")
     assert len(steps) == 6 and len(epochs) == 2  # 6 images, batch 2, drop_last -> 3 steps per epoch
@@ -260,8 +261,12 @@ def test_checkpoint_errors(small_root, tmp_path, cache_root):
     ckpt = os.path.join(first["run_dir"], "last.pt")
     with pytest.raises(CheckpointError, match=r"model 'unet' but this config trains 'unet-residual'"):
         train(_cfg(small_root, tmp_path, model="unet-residual", load=ckpt), progress=False)
-    with pytest.raises(CheckpointError, match="do not fit"):
+    with pytest.raises(ConfigError, match="was trained with base_channels=8, epochs=1, but this config sets "
+                                          "base_channels=16, epochs=2"):
         train(_cfg(small_root, tmp_path, base_channels=16, load=ckpt), progress=False)
+    state = load_checkpoint(ckpt)
+    with pytest.raises(CheckpointError, match="do not fit"):  # a config that matches, weights that do not
+        load_model_weights(create_model("unet", base_channels=16), state, ckpt)
 
 
 def test_submission_files_are_named_sized_and_binary(small_root, tmp_path, cache_root):

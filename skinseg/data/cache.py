@@ -19,6 +19,7 @@ build leaves nothing that a later run would mistake for a cache, and its leftove
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -34,7 +35,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from skinseg.choices import RESIZE_MODES
-from skinseg.data.isic import ATTRIBUTES, Split, missing_masks
+from skinseg.data.isic import ATTRIBUTES, Split, missing_masks, name_list
 from skinseg.errors import DataError, DiskFullError
 from skinseg.files import ensure_space, ensure_writable, is_disk_full, remove_dead_temp_files, space_message
 from skinseg.paths import cache_dir
@@ -46,22 +47,58 @@ CACHE_VERSION = 2
 def read_image(path: Path, draft_size: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
     """Decode an RGB JPEG fully; returns it and its original (height, width).
 
-    A corrupt or truncated file raises DataError naming it. ``draft_size`` lets libjpeg decode at 1/2, 1/4
-    or 1/8 scale when the image is much larger than needed, most of the cost for the 4000+ px originals.
+    A corrupt or truncated file raises DataError naming it, and so does a JPEG whose data libjpeg reports as
+    corrupt while still decoding it (flipped bytes: a warning that would otherwise give a colour-shifted image
+    without a word). ``draft_size`` lets libjpeg decode at 1/2, 1/4 or 1/8 scale when the image is much larger
+    than needed, most of the cost for the 4000+ px originals.
     """
     try:
-        with Image.open(path) as im:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"image {path} is missing") from None
+    except OSError as e:
+        raise DataError(f"image {path} cannot be read ({e.strerror or e}); check its permissions") from None
+    if data.startswith(_JPEG):
+        decoded = _decode_jpeg(path, data, draft_size)
+        if decoded is not None:
+            return decoded
+    try:  # not a JPEG libjpeg-turbo converts to RGB itself (CMYK, a PNG named .jpg): Pillow
+        with Image.open(io.BytesIO(data)) as im:
             width, height = im.size
             if draft_size is not None and im.format == "JPEG":
                 im.draft("RGB", (draft_size, draft_size))
             im.load()
             return np.asarray(im.convert("RGB")), (height, width)
-    except FileNotFoundError:
-        raise DataError(f"image {path} is missing") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise DataError(
             f"image {path} is corrupt or truncated ({e}); re-extract or re-download it, or remove it from the split"
         ) from None
+
+
+_JPEG = b"\xff\xd8\xff"
+
+
+def _decode_jpeg(path: Path, data: bytes, draft_size: int | None) -> tuple[np.ndarray, tuple[int, int]] | None:
+    """libjpeg-turbo (simplejpeg, strict: its warnings are errors); None for what it cannot convert to RGB."""
+    import simplejpeg
+
+    try:
+        height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+        # Pillow's draft: the largest of 1/8, 1/4, 1/2 that keeps both sides >= draft_size (libjpeg-turbo's other
+        # M/8 scales would change the cached pixels)
+        fit = max(1, min(width // draft_size, height // draft_size)) if draft_size else 1
+        k = next(a for a in (8, 4, 2, 1) if fit >= a)
+        image = simplejpeg.decode_jpeg(data, "RGB", min_height=-(-height // k), min_width=-(-width // k),
+                                       min_factor=k, strict=True)
+        return image, (height, width)
+    except ValueError as e:
+        problem = str(e)
+    try:
+        simplejpeg.decode_jpeg(data, "RGB", strict=False)
+    except ValueError:
+        return None  # not decodable by libjpeg-turbo into RGB: Pillow decides
+    raise DataError(f"image {path} holds corrupt JPEG data (libjpeg: {problem}); it would decode with damaged "
+                    "pixels: re-extract or re-download it, or remove it from the split")
 
 
 def read_mask(path: Path, expected_hw: tuple[int, int], what: str = "mask") -> tuple[np.ndarray, int]:
@@ -130,16 +167,22 @@ def resize_to_cache(arr: np.ndarray, size: int, mode: str, is_mask: bool = False
 
 
 # ---- fingerprint ------------------------------------------------------------------------
+def _source_dirs(split: Split) -> str:
+    """The split's folders as resolved paths: a root reached through a symlink and through its real path is one
+    source, with one cache."""
+    mask_dir = split.mask_dir.resolve() if split.mask_dir else None
+    return f"{split.image_dir.resolve()}|{mask_dir}"
+
+
 def source_key(split: Split) -> str:
     """Short hash of the split's folders: caches of different data roots never share a folder name."""
-    mask_dir = split.mask_dir.resolve() if split.mask_dir else None
-    return hashlib.sha1(f"{split.image_dir.resolve()}|{mask_dir}".encode()).hexdigest()[:8]
+    return hashlib.sha1(_source_dirs(split).encode()).hexdigest()[:8]
 
 
 def fingerprint(split: Split, size: int, mode: str) -> str:
     """Hash of the source files (name, size, mtime), the cache size and resize mode, and the cache version."""
     h = hashlib.sha1()
-    h.update(f"v{CACHE_VERSION}|{size}|{mode}|{split.image_dir.resolve()}|{split.mask_dir}".encode())
+    h.update(f"v{CACHE_VERSION}|{size}|{mode}|{_source_dirs(split)}".encode())
     dirs = [split.image_dir] + ([split.mask_dir] if split.mask_dir else [])
     for d in dirs:
         with os.scandir(d) as it:
@@ -252,11 +295,8 @@ def build_cache(split: Split, size: int = 256, mode: str = "stretch", root: Path
         return SplitCache.open(final)
     missing = missing_masks(split)
     if missing:
-        listed = "\n  ".join(missing[:20]) + (f"\n  ... ({len(missing) - 20} more)" if len(missing) > 20 else "")
-        raise DataError(
-            f"{len(missing)} mask file(s) missing in {split.mask_dir}:\n  {listed}\n"
-            "every image needs one PNG per attribute; re-extract the ground-truth zip"
-        )
+        raise DataError(f"{len(missing)} mask file(s) missing in {split.mask_dir}: {name_list(missing)}; every image "
+                        "needs one PNG per attribute: re-extract the ground-truth zip")
     if not split.ids:
         raise DataError(f"split {split.name!r} in {split.image_dir} holds no ISIC_<7 digits>.jpg images")
     ensure_writable(root, "the cache folder", "set SKINSEG_CACHE_DIR to a writable folder")

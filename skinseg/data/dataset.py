@@ -9,7 +9,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from skinseg.config import Config
 from skinseg.data.augment import eval_transform, train_transform
 from skinseg.data.cache import SplitCache, build_cache
-from skinseg.data.isic import DataError, get_split
+from skinseg.data.isic import get_split
+from skinseg.errors import ConfigError, DataError
 from skinseg.paths import resolve
 
 
@@ -126,6 +127,9 @@ def split_cache(cfg: Config, split: str) -> tuple[SplitCache, np.ndarray | None]
     root = resolve(cfg.data_root)
     if root is None:
         raise DataError("data_root is not set: point it at the ISIC data, or run `skinseg synth DIR` first")
+    if split == "dev" and cfg.dev_fraction <= 0:  # "dev" would otherwise be the whole training split
+        raise ConfigError("split 'dev': this config (or checkpoint) has no dev hold-out (dev_fraction: 0), so every "
+                          "training image was trained on; evaluate on val or test, or train with dev_fraction > 0")
     source = "train" if split == "dev" else split
     cache = build_cache(get_split(root, source), size=cfg.image_size, mode=cfg.resize_mode,
                         workers=cfg.num_workers or None)

@@ -155,6 +155,12 @@ def ground_truth_folder_of(path: str | Path) -> Path | None:
     return next((p for p in (path, *path.parents) if p.name in names), None)
 
 
+def name_list(names: list[str], limit: int = 8) -> str:
+    """'a, b, c and 12 more': a list of file names that fits on one line."""
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
 def missing_masks(split: Split) -> list[str]:
     """Every mask file the split should have but lacks, as file names."""
     if split.mask_dir is None:

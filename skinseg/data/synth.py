@@ -10,7 +10,6 @@ import difflib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -20,6 +19,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from skinseg.data.isic import ATTRIBUTES, SPLIT_FOLDERS, SPLITS, mask_name
+from skinseg.errors import ConfigError, DataError
+from skinseg.files import (check_replaceable, ensure_writable, remove_dead_temp_files, replace_folder, temp_sibling,
+                           write_marker)
 from skinseg.paths import SYNTH_DIR
 
 # Fraction of ISIC 2018 Task 2 training images in which each attribute is present.
@@ -44,6 +46,8 @@ WORK_MAX_SIDE = 1024
 # Attribute regions are shaped at this coarse size, which both makes them blobby like superpixel masks and is cheap.
 COARSE_MAX_SIDE = 160
 JPEG_QUALITY = 90
+# left in each split folder the generator wrote: the mark that it may replace that folder
+SYNTH_MARKER = ".skinseg-synthetic"
 
 # RGB anchors from light to dark skin; a random point on this path is the background tone.
 _SKIN_TONES = np.array([[242, 208, 190], [226, 178, 150], [200, 145, 110], [160, 110, 80]], np.float32)
@@ -178,8 +182,9 @@ def write_synthetic(
     Every split goes to ``out/<split>/<image folder>/ISIC_<id>.jpg`` and
     ``out/<split>/<ground-truth folder>/ISIC_<id>_attribute_<name>.png`` with the folder names of the official zips,
     the test split with its ground truth. Each split is written to a hidden temporary folder and renamed into place
-    when complete, replacing an older one: an interrupted run leaves no half-written split. A split of 0 images is
-    not written (an older one there stays).
+    when complete, replacing an older one that this generator wrote (it holds the ``.skinseg-synthetic`` marker; any
+    other folder there, such as a download, is refused before anything is written): an interrupted run leaves no
+    half-written split. A split of 0 images is not written (an older one there stays).
 
     Args:
         out: root folder, created if needed.
@@ -196,19 +201,29 @@ def write_synthetic(
     counts = {"train": n_train, "val": n_val, "test": n_test}
     for split, n in counts.items():
         if not 0 <= n < MAX_IMAGES_PER_SPLIT:
-            raise ValueError(f"n_{split} must be in [0, {MAX_IMAGES_PER_SPLIT}), got {n}")
-    if seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed}")
-    lo, hi = width_range
-    if sizes is None and not 32 <= lo <= hi:
-        raise ValueError(f"width_range must be (low, high) with 32 <= low <= high, got {width_range}")
-    if sizes is not None and not sizes:
-        raise ValueError("sizes must hold at least one (width, height), or be None to use width_range")
+            raise ConfigError(f"n_{split} (--n-{split}): images in the split, from 0 to {MAX_IMAGES_PER_SPLIT - 1}; got {n}")
+    if not 0 <= seed < 2**32:
+        raise ConfigError(f"seed (--seed): a whole number from 0 to 2**32 - 1; got {seed}")
+    if sizes is None:
+        if len(width_range) != 2 or not 32 <= width_range[0] <= width_range[1] <= 16384:
+            raise ConfigError(f"width_range (--width-range): low,high image widths with 32 <= low <= high <= 16384, "
+                              f"e.g. 300,900; got {','.join(str(v) for v in width_range)}")
+    elif not sizes:
+        raise ConfigError("sizes must hold at least one (width, height), or be None to use width_range")
     probs = resolve_prevalence(prevalence)
 
     root = Path(out).expanduser()
-    root.mkdir(parents=True, exist_ok=True)
-    # Leftovers of a killed run; the inner folders have neutral names, so nothing ever reads them as a split.
+    if root.exists() and not root.is_dir():
+        raise DataError(f"output folder {root} is a file; name a new folder (or one that `skinseg synth` wrote)")
+    # a split folder is replaced only when this generator wrote it: a downloaded dataset there stays untouched
+    for split, n in counts.items():
+        if n:
+            check_replaceable(root / split, SYNTH_MARKER, "split folder",
+                              "write the synthetic data to another folder (e.g. data/synthetic)")
+    ensure_writable(root, "output folder", "choose another output folder")
+    # Leftovers of a killed run (and of older versions' ``.<split>.*.partial``); the inner folders have neutral
+    # names, so nothing ever reads them as a split.
+    remove_dead_temp_files(root)
     for stale in root.glob(".*.partial"):
         shutil.rmtree(stale, ignore_errors=True)
     with tqdm(total=sum(counts.values()), desc="synthetic ISIC", unit="img", disable=not progress) as bar:
@@ -225,8 +240,11 @@ def ensure_synthetic(root: str | os.PathLike | None = None, **options: Any) -> P
     marker = root / "synth.json"
     if marker.exists() and json.loads(marker.read_text()) == opts:
         return root
-    if root.exists():
+    if marker.exists():  # made here with other options: ours to replace
         shutil.rmtree(root)
+    elif root.is_dir() and any(root.iterdir()):
+        raise DataError(f"{root} holds files but no synth.json: not the embedded synthetic dataset, so it is left "
+                        "alone; move it away, or pass a data root")
     write_synthetic(root, n_train=opts["n_train"], n_val=opts["n_val"], n_test=opts["n_test"], seed=opts["seed"],
                     width_range=tuple(opts["width_range"]))
     marker.write_text(json.dumps(opts))
@@ -234,7 +252,9 @@ def ensure_synthetic(root: str | os.PathLike | None = None, **options: Any) -> P
 
 
 def _write_split(root, split, n, seed, width_range, sizes, probs, bar) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix=f".{split}.", suffix=".partial", dir=root))
+    tmp = temp_sibling(root / split)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
     try:
         image_dir, mask_dir = tmp / "images", tmp / "masks"
         image_dir.mkdir()
@@ -253,10 +273,8 @@ def _write_split(root, split, n, seed, width_range, sizes, probs, bar) -> None:
         image_folder, mask_folder = SPLIT_FOLDERS[split]
         image_dir.rename(tmp / image_folder)
         mask_dir.rename(tmp / mask_folder)
-        final = root / split
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        write_marker(tmp, SYNTH_MARKER, "written by skinseg synth; `skinseg synth` may replace this folder")
+        replace_folder(tmp, root / split)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

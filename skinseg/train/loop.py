@@ -16,18 +16,18 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from skinseg.checkpoint import (load_checkpoint, load_model_weights, repair_best, rng_state, save_checkpoint,
-                               set_rng_state)
+from skinseg.checkpoint import (RESUME_KEYS, checkpoint_epoch, load_checkpoint, load_model_weights, repair_best,
+                               rng_state, save_checkpoint, set_rng_state)
 from skinseg.config import Config
 from skinseg.data.batch_augment import BatchAugment, batch_generator
 from skinseg.data.dataset import make_dataset, make_loader
-from skinseg.errors import CheckpointError, DataError, TrainingError
+from skinseg.errors import CheckpointError, ConfigError, DataError, Interrupted, TrainingError
 from skinseg.files import ensure_writable
 from skinseg.inference import GATE_CUTOFFS, NonFiniteOutputError, OriginalMasks, evaluate_model, needs_original
 from skinseg.losses import CombinedLoss
 from skinseg.models import model_from_config
 from skinseg.paths import resolve
-from skinseg.runs import RunFolder, find_complete_run
+from skinseg.runs import RunFolder, config_changes, find_complete_run
 from skinseg.runtime import Runtime, amp_for_model, autocast, cleanup, seed_everything, setup_runtime
 from skinseg.train.optim import Schedule, build_optimizer, ema_model
 
@@ -39,7 +39,20 @@ class Trainer:
         cfg = cfg.resolved()  # the run folder and checkpoints store the normalization actually used
         self.cfg = cfg
         self.rt: Runtime = setup_runtime(cfg)
-        if not cfg.load and self.rt.main:  # before the caches are built: a read-only output_dir fails at once
+        # before the caches are built: a bad resume, a busy run folder or a read-only output_dir fails at once
+        self.run: RunFolder | None = None
+        self._resumed = self._check_resume(cfg.load) if cfg.load else None
+        try:
+            self._build(cfg, progress)
+            self.run = self._resume() if cfg.load else self._new_run()
+        except BaseException:
+            if self.run is not None:
+                self.run.unlock()  # a failed start leaves the run free to resume
+            raise
+
+    def _build(self, cfg: Config, progress: bool) -> None:
+        """Data, model, optimizer, schedule, loss and EMA of a new or resumed run."""
+        if not cfg.load and self.rt.main:
             ensure_writable(resolve(cfg.output_dir), "output_dir",
                             "choose a writable output_dir (config key or --set output_dir=DIR)")
         self.progress = progress and self.rt.main
@@ -81,7 +94,6 @@ class Trainer:
         self.best = {"score": -1.0, "epoch": 0, "thresholds": [cfg.threshold] * cfg.classes,
                      "gates": [0.0] * cfg.classes}
         self.stale_epochs = 0
-        self.run = self._resume(cfg.load) if cfg.load else self._new_run()
 
     @property
     def run_dir(self) -> Path:
@@ -89,26 +101,32 @@ class Trainer:
 
     # ---- the loop --------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
-        reason = "completed"
         try:
-            for epoch in range(self.epoch, self.cfg.epochs):
-                self.on_epoch_start(epoch)
-                train_loss, seconds = self.train_epoch(epoch)
-                self.sync_buffers()
-                result, val_seconds = None, 0.0
-                if self.validates(epoch):
-                    start = time.perf_counter()
-                    result = self.validate(epoch)
-                    val_seconds = time.perf_counter() - start
-                if self.on_epoch_end(epoch, train_loss, seconds, result, val_seconds):
-                    reason = "early_stop"
-                    break
+            reason = self.run_epochs()
             if self.rt.main:
                 self.run.mark_done(reason, self.epoch, self.best["epoch"], self.best["score"])
+        except KeyboardInterrupt:
+            raise self._interrupted() from None
         finally:
+            self.run.unlock()
             if self.rt.distributed:
                 cleanup()
         return self.summary()
+
+    def run_epochs(self) -> str:
+        """Train the remaining epochs; why training ended: ``completed`` or ``early_stop``."""
+        for epoch in range(self.epoch, self.cfg.epochs):
+            self.on_epoch_start(epoch)
+            train_loss, seconds = self.train_epoch(epoch)
+            self.sync_buffers()
+            result, val_seconds = None, 0.0
+            if self.validates(epoch):
+                start = time.perf_counter()
+                result = self.validate(epoch)
+                val_seconds = time.perf_counter() - start
+            if self.on_epoch_end(epoch, train_loss, seconds, result, val_seconds):
+                return "early_stop"
+        return "completed"
 
     def on_epoch_start(self, epoch: int) -> None:
         self.train_loader.sampler.set_epoch(epoch)
@@ -283,15 +301,43 @@ class Trainer:
             "rng": rng_state(),
         }
 
-    def _resume(self, path: str) -> RunFolder:
-        path = resolve(path)
+    def _check_resume(self, load: str) -> dict[str, Any]:
+        """The state of the checkpoint to resume, once its run folder is this process's (locked) and writable
+        and the config trains what the run was trained with; a one-line error otherwise."""
+        path = resolve(load)
+        run = RunFolder(path.parent)
+        if not path.exists() and run.config_file.exists():
+            if self.rt.main:
+                run.remove_stale_temp_files()
+            raise CheckpointError(f"{path} does not exist: the run {run.path} stopped before writing it (a kill "
+                                  "during its first epoch or first checkpoint); there is nothing to resume, so train "
+                                  "it again as a new run (drop `load`)")
         state = load_checkpoint(path, map_location=self.rt.device)
+        missing = [k for k in RESUME_KEYS if k not in state]
+        if missing:
+            raise CheckpointError(f"{path} lacks {', '.join(missing)}, which resuming needs (not a last.pt or best.pt "
+                                  "written by `skinseg train`); resume from the run's last.pt, or drop `load`")
         saved = state["config"].get("model")
         if saved != self.cfg.model:
             raise CheckpointError(
                 f"{path} is a checkpoint of model {saved!r} but this config trains {self.cfg.model!r}; "
                 f"set model: {saved} (and its options) to resume it, or drop `load`"
             )
+        changed = config_changes(state["config"], self.cfg)
+        if changed:
+            raise ConfigError(
+                f"load: {path} was trained with {', '.join(f'{k}={old!r}' for k, old, _ in changed)}, but this config "
+                f"sets {', '.join(f'{k}={new!r}' for k, _, new in changed)}; a resumed run keeps its config "
+                f"(resume with --config {run.config_file}), or start a new run without `load`")
+        if self.rt.main:
+            ensure_writable(run.path, "the run folder", "make it writable (or free space) to resume")
+            run.lock()
+        self.run = run
+        return state
+
+    def _resume(self) -> RunFolder:
+        state, path, run = self._resumed, resolve(self.cfg.load), self.run
+        self._resumed = None
         load_model_weights(self.model, {**state, "model": state["train_model"] or state["model"]}, path)
         if self.ema is not None and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
@@ -301,12 +347,13 @@ class Trainer:
         self.epoch, self.step = state["epoch"], state["step"]
         self.history, self.best, self.stale_epochs = state["history"], state["best"], state["stale_epochs"]
         set_rng_state(state["rng"])
-        run = RunFolder(path.parent)
         if self.rt.main:
             run.remove_stale_temp_files()
             if path == run.last:
                 repair_best(run.best, state)
-            run.truncate_metrics(self.step, self.epoch)
+            run.truncate_metrics(self.step, self.epoch, self.history)
+            if Config.from_dict({**Config().to_dict(), **run.config()}).to_dict() != self.cfg.to_dict():
+                run.update_config(self.cfg.to_yaml_text())  # the MAY_CHANGE_ON_RESUME keys set anew
             run.clear_done()
         return run
 
@@ -319,6 +366,15 @@ class Trainer:
         if not self.rt.main:
             return RunFolder(path)
         return RunFolder.create(path, self.cfg.to_yaml_text())
+
+    def _interrupted(self) -> Interrupted:
+        """Ctrl-C: what is kept and how to go on, as one line."""
+        last = self.run.last if self.run is not None else None
+        if last is not None and last.exists():
+            kept = (f"{last} holds epoch {checkpoint_epoch(last)}: resume with --set load={last}")
+        else:
+            kept = "no checkpoint was written yet: train it again"
+        return Interrupted(f"interrupted at epoch {self.epoch + 1}; nothing is damaged, {kept}")
 
     def _log(self, row: dict[str, Any]) -> None:
         if self.rt.main:
