@@ -19,7 +19,7 @@ from skinseg.choices import DEVICES, RESIZE_MODES, SPLIT_NAMES, TTA_MODES
 PATH_KEYS = ("data_root", "load", "pretrained_path", "output_dir")
 # what Ctrl-C leaves, per command, when the command itself said nothing more precise
 INTERRUPTED = {
-    "train": "nothing is damaged; resume from the run's last.pt with --set load=RUN/last.pt",
+    "train": "nothing is damaged; run it again (a run folder with a last.pt resumes with --set load=RUN/last.pt)",
     "report": "nothing is damaged; run the same command again: finished training runs are reused",
     "sweep": "nothing is damaged; run the same command again: finished runs are skipped",
     "download": "nothing is damaged; run the same command again: it resumes the download",
@@ -69,14 +69,15 @@ def _cmd_download(args: argparse.Namespace) -> int:
 def _cmd_stats(args: argparse.Namespace) -> int:
     from skinseg.data.stats import dataset_stats, stats_table
 
+    json_path = _json_target(args.json)
     stats = dataset_stats(user_path(args.root), image_size=args.image_size, resize_mode=args.resize_mode)
     import pandas as pd
 
     with pd.option_context("display.max_columns", None, "display.width", 250):
         print(stats_table(stats).T.to_string())
     print(json.dumps(stats, indent=2))
-    if args.json:
-        _write_json(args.json, stats)
+    if json_path:
+        _write_json(json_path, stats)
     return 0
 
 
@@ -103,17 +104,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _json_target(path: str | None) -> Path | None:
     """Check that a --json file can be written before the work that fills it."""
-    if not path:
-        return None
-    from skinseg.files import ensure_writable
+    from skinseg.files import check_json_target
 
-    target = Path(path).expanduser().resolve()
-    if target.is_dir():
-        from skinseg.errors import ConfigError
-
-        raise ConfigError(f"--json {path} is a folder; name a file, e.g. {Path(path) / 'scores.json'}")
-    ensure_writable(target.parent, "the folder of --json", "choose another --json path")
-    return target
+    return check_json_target(path, "--json") if path else None
 
 
 def _write_json(path: str | Path, data) -> None:
@@ -202,6 +195,26 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds > 0")
+    return value
+
+
+def _image_size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 8 or value % 8:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size in px: a multiple of 8, such as 256")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with a usage error as one line (what is wrong and where --help is), exit 2."""
 
@@ -229,20 +242,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--splits", default="train,val,test", help="comma-separated splits (default: train,val,test)")
     p.add_argument("--base-url", default=None,
                    help="folder URL of the zips (default: https://isic-challenge-data.s3.amazonaws.com/2018/)")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the server per connect or read")
+    p.add_argument("--timeout", type=_positive, default=60.0,
+                   help="seconds to wait for the server per connect or read")
     p.add_argument("--no-progress", action="store_true", help="no progress bars or status lines")
     p.set_defaults(func=_cmd_download)
 
     p = sub.add_parser("stats", help="per-split image count, attribute prevalence, pixel fraction, RGB mean/std")
     p.add_argument("root", help="data root holding the official ISIC 2018 folders")
-    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--image-size", type=_image_size, default=256)
     p.add_argument("--resize-mode", choices=RESIZE_MODES, default="stretch")
     p.add_argument("--json", help="also write the statistics to this JSON file")
     p.set_defaults(func=_cmd_stats)
 
     p = sub.add_parser("cache", help="build the preprocessing cache of every split below ROOT")
     p.add_argument("root")
-    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--image-size", type=_image_size, default=256)
     p.add_argument("--resize-mode", choices=RESIZE_MODES, default="stretch")
     p.set_defaults(func=_cmd_cache)
 
@@ -315,7 +329,10 @@ def main(argv: list[str] | None = None) -> int:
     Ctrl-C as one line, exit 130 (also when it surfaced as another error, e.g. a notebook's dead kernel)."""
     from skinseg.errors import SkinsegError, SkinsegWarning
 
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2, one line): a return code, as every other outcome
+        return e.code if isinstance(e.code, int) else 2
     interrupted = []
 
     def on_sigint(signum, frame):
@@ -331,7 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     def say_interrupted(e: BaseException | None) -> int:
         said = str(e) if isinstance(e, KeyboardInterrupt) and str(e) else INTERRUPTED.get(
             args.command, "nothing is damaged: files are written whole or not at all; run it again")
-        print(f"\nskinseg {args.command}: interrupted; {said.removeprefix('interrupted; ')}", file=sys.stderr)
+        said = said if said.startswith("interrupted") else f"interrupted; {said}"
+        print(f"\nskinseg {args.command}: {said}", file=sys.stderr)
         return 130
 
     previous = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None

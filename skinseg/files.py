@@ -134,3 +134,39 @@ def os_error(e: OSError, what: str, folder, hint: str) -> EnvironmentProblem:
     if is_disk_full(e):
         return DiskFullError(f"disk full while writing {what} ({space_message(folder)}); {hint}")
     return EnvironmentProblem(f"could not write {what}: {e.strerror or type(e).__name__}; {hint}")
+
+
+def claim_folder(folder: str | Path, marker: str, what: str, own: Path | None = None) -> Path:
+    """``folder`` resolved and created, when a command may write its files there: below ``own`` (a folder of the
+    project's generated output, such as reports/), new, empty, or marked by an earlier run of the command
+    (``marker``, written here); DataError for a folder of anyone else's, before anything is written."""
+    folder = Path(folder).expanduser().resolve()
+    if own is None or (folder != own.resolve() and own.resolve() not in folder.parents):
+        check_replaceable(folder, marker, what, f"choose a new or empty folder for {what}")
+        ensure_writable(folder, what, f"choose another {what}")
+        write_marker(folder, marker, f"written by skinseg; skinseg may write to this folder again ({what})")
+    ensure_writable(folder, what, f"choose another {what}")
+    return folder
+
+
+def check_json_target(path: str | Path, what: str) -> Path:
+    """``path`` resolved, when a JSON result may be written there: a new file, or a JSON file (an earlier
+    result). Anything else there, a folder, or a ground-truth folder is refused before the work that fills it."""
+    import json
+
+    from skinseg.data.isic import ground_truth_folder_of
+
+    target = Path(path).expanduser().resolve()
+    if target.is_dir():
+        raise DataError(f"{what} {path} is a folder; name a file, e.g. {Path(path) / 'scores.json'}")
+    truth = ground_truth_folder_of(target.parent)
+    if truth is not None:
+        raise DataError(f"{what} {target} is inside the ground-truth folder {truth}; write it elsewhere")
+    if target.exists():
+        try:
+            json.loads(target.read_text())
+        except (OSError, UnicodeDecodeError, ValueError):
+            raise DataError(f"{what} {target} exists and is not a JSON file, so it is left alone; name a new file"
+                            ) from None
+    ensure_writable(target.parent, f"the folder of {what}", f"choose another {what} path")
+    return target

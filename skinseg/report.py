@@ -15,7 +15,7 @@ from typing import Any
 import nbformat
 
 from skinseg.errors import Interrupted, ReportError
-from skinseg.files import check_replaceable, write_marker
+from skinseg.files import claim_folder
 from skinseg.notebook import is_synthetic, resolve_checkpoint, resolve_data
 from skinseg.paths import IMAGES_DIR, NOTEBOOKS_DIR, PARAMS_DIR, REPORTS_DIR, resolve
 
@@ -67,18 +67,6 @@ def execute(name: str, parameters: dict[str, Any], out_dir: Path, kernel: str = 
         raise ReportError(f"the kernel running notebook {name} died (out of memory, or killed); partly executed "
                           f"notebook: {out}. Run the same command again (finished training runs are reused)") from None
     return out
-
-
-def claim_folder(folder: str | Path, own: Path, marker: str, what: str) -> Path:
-    """``folder`` resolved and created, when the report may write there: below ``own`` (reports/, images/: the
-    project's generated folders), new, empty, or marked by an earlier report; DataError for anyone else's."""
-    folder = Path(folder).expanduser().resolve()
-    if folder != own and own not in folder.parents:
-        check_replaceable(folder, marker, what, f"choose a new or empty folder for {what}")
-        folder.mkdir(parents=True, exist_ok=True)
-        write_marker(folder, marker, "written by skinseg report; `skinseg report` may write here again")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 def run_notebooks(params: str | Path = PARAMS_DIR / "demo.yaml", data_root: str | Path | None = None,
@@ -235,9 +223,9 @@ def build_report(params: str | Path = PARAMS_DIR / "demo.yaml", data_root: str |
                  **options: Any) -> dict[str, Any]:
     """Execute 01-06 and build reports/report.html (+ report.pdf where Chromium exists)."""
     start = time.perf_counter()
-    out_dir = claim_folder(out_dir, REPORTS_DIR.resolve(), REPORT_MARKER, "--out")
+    out_dir = claim_folder(out_dir, REPORT_MARKER, "--out", own=REPORTS_DIR)
     if images_dir is not None:
-        images_dir = claim_folder(images_dir, IMAGES_DIR.resolve(), FIGURES_MARKER, "--update-images")
+        images_dir = claim_folder(images_dir, FIGURES_MARKER, "--update-images", own=IMAGES_DIR)
     executed = run_notebooks(params, data_root, out_dir, **options)
     from skinseg.sweeps import load_params
 

@@ -14,9 +14,12 @@ from tqdm.auto import tqdm
 
 from skinseg.config import Config, read_params
 from skinseg.errors import ConfigError, SweepError
+from skinseg.files import claim_folder
 from skinseg.paths import NOTEBOOKS_DIR, PARAMS_DIR, REPORTS_DIR, resolve
 from skinseg.runs import RunFolder, find_complete_run, read_metrics, run_summary
 
+
+SWEEP_MARKER = ".skinseg-sweep"  # in a sweep's --out outside reports/: the sweep may write there again
 
 
 def sweep_files(name: str) -> list[Path]:
@@ -54,9 +57,10 @@ def run_sweep(name: str, base: str | Path | None = "params/demo.yaml", overrides
     ``runner="cli"`` runs ``skinseg train`` on the config's merged parameters (written next to its log as
     ``<out_dir>/<config>.yaml``), ``jobs`` at a time: for nodes without Jupyter, and for filling a large GPU.
     """
-    out_dir = Path(out_dir) if out_dir else REPORTS_DIR / "sweeps" / name
-    out_dir.mkdir(parents=True, exist_ok=True)
     base_params = load_params(base)
+    sweep_files(name)  # an unknown sweep is refused before any folder is made
+    out_dir = claim_folder(out_dir or REPORTS_DIR / "sweeps" / name, SWEEP_MARKER, "the sweep's --out",
+                           own=REPORTS_DIR)
     todo, runs = {}, {}
     for f in sweep_files(name):
         params = run_parameters(base_params, f, overrides, out_dir)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,62 @@ def write_split(root: Path, split: str, sizes: list[tuple[int, int]], seed: int 
                 m[h // 4 : h // 2, w // 4 : w // 2] = 255
             Image.fromarray(m, mode="L").save(gt_dir / mask_name(image_id, attribute))
     return ids
+
+
+def tiny_config(root, tmp_path, **kw):
+    """A config that trains in a second or two on the fixtures' data: 32 px, 8 base channels, 2 epochs."""
+    from skinseg.config import Config
+
+    base = dict(data_root=str(root), image_size=32, batch_size=2, epochs=2, base_channels=8, model="unet",
+                output_dir=str(tmp_path / "runs"), optimizer="adam", lr=3e-3, scheduler="cosine")
+    base.update(kw)
+    return Config(**base)
+
+
+
+def one_line_error(capsys, argv) -> str:
+    """Run the CLI; it must exit 2 with one error line on stderr (after any progress bars) and no traceback.
+    Returns that line."""
+    from skinseg.cli import main
+
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("skinseg ")]
+    assert "Traceback" not in err and len(lines) == 1 and err.endswith(lines[0]), err
+    return lines[0]
+
+
+class Tmpfs:
+    """A small tmpfs mount (root only); skipped with the reason where mounting is not allowed."""
+
+    def __init__(self, path: Path, size: str, read_only: bool = False):
+        self.path = path
+        path.mkdir(parents=True, exist_ok=True)
+        opts = f"size={size}" + (",ro" if read_only else "")
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip() or r.returncode}); needs root in a "
+                        "container that allows mounts")
+
+    def unmount(self) -> None:
+        subprocess.run(["umount", "-l", str(self.path)], capture_output=True)
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    mounts = []
+
+    def make(name: str, size: str = "4m", read_only: bool = False) -> Path:
+        m = Tmpfs(tmp_path / name, size, read_only)
+        mounts.append(m)
+        return m.path
+
+    yield make
+    for m in mounts:
+        m.unmount()
+
+
 
 
 def crash_and_resume(make_cfg, runs: Path, monkeypatch) -> dict:

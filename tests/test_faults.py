@@ -22,7 +22,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import write_split
+from conftest import one_line_error as _one_line_error, tiny_config as _cfg, write_split
 from skinseg.checkpoint import checkpoint_epoch, load_checkpoint, save_checkpoint
 from skinseg.cli import main
 from skinseg.config import Config
@@ -37,58 +37,10 @@ from skinseg.runs import RunFolder, latest_run
 PROJ = Path(__file__).resolve().parents[1]
 
 
-def _cfg(root, tmp_path, **kw) -> Config:
-    base = dict(data_root=str(root), image_size=32, batch_size=2, epochs=2, base_channels=8, model="unet",
-                output_dir=str(tmp_path / "runs"), optimizer="adam", lr=3e-3, scheduler="cosine")
-    base.update(kw)
-    return Config(**base)
-
-
 def _train(cfg):
     from skinseg.train import train
 
     return train(cfg, progress=False)
-
-
-def _one_line_error(capsys, argv) -> str:
-    """Run the CLI; it must exit 2 with one error line on stderr (after any progress bars) and no traceback.
-    Returns that line."""
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("skinseg ")]
-    assert "Traceback" not in err and len(lines) == 1 and err.endswith(lines[0]), err
-    return lines[0]
-
-
-class Tmpfs:
-    """A small tmpfs mount (root only); skipped with the reason where mounting is not allowed."""
-
-    def __init__(self, path: Path, size: str, read_only: bool = False):
-        self.path = path
-        path.mkdir(parents=True, exist_ok=True)
-        opts = f"size={size}" + (",ro" if read_only else "")
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True, text=True)
-        if r.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip() or r.returncode}); needs root in a "
-                        "container that allows mounts")
-
-    def unmount(self) -> None:
-        subprocess.run(["umount", "-l", str(self.path)], capture_output=True)
-
-
-@pytest.fixture
-def tmpfs(tmp_path):
-    mounts = []
-
-    def make(name: str, size: str = "4m", read_only: bool = False) -> Path:
-        m = Tmpfs(tmp_path / name, size, read_only)
-        mounts.append(m)
-        return m.path
-
-    yield make
-    for m in mounts:
-        m.unmount()
 
 
 # ---- 1. caches of two data roots ------------------------------------------------------------

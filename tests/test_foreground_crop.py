@@ -71,7 +71,7 @@ def test_foreground_crop_is_an_exact_window_seeded_and_random_without_foreground
 def test_crop_foreground_p_is_checked():
     with pytest.raises(ConfigError, match="crop_foreground_p: applies to training crops; set crop_size"):
         Config(image_size=64, crop_foreground_p=0.33)
-    with pytest.raises(ConfigError, match=r"crop_foreground_p: a probability in \[0, 1\], got 1.5"):
+    with pytest.raises(ConfigError, match=r"crop_foreground_p: must be in \[0, 1\], got 1.5"):
         Config(image_size=64, crop_size=32, crop_foreground_p=1.5)
     names = [type(t).__name__ for t in train_transform(Config(image_size=64, crop_size=32,
                                                               crop_foreground_p=0.33)).transforms]

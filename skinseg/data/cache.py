@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from skinseg.choices import RESIZE_MODES
 from skinseg.data.isic import ATTRIBUTES, Split, missing_masks, name_list
-from skinseg.errors import DataError, DiskFullError
+from skinseg.errors import DataError, DiskFullError, SkinsegWarning
 from skinseg.files import ensure_space, ensure_writable, is_disk_full, remove_dead_temp_files, space_message
 from skinseg.paths import cache_dir
 
@@ -76,11 +76,24 @@ def read_image(path: Path, draft_size: int | None = None) -> tuple[np.ndarray, t
 
 
 _JPEG = b"\xff\xd8\xff"
+_SAID: set[str] = set()
+
+
+def _say_once(message: str) -> None:
+    if message not in _SAID:
+        _SAID.add(message)
+        warnings.warn(SkinsegWarning(message), stacklevel=3)
 
 
 def _decode_jpeg(path: Path, data: bytes, draft_size: int | None) -> tuple[np.ndarray, tuple[int, int]] | None:
-    """libjpeg-turbo (simplejpeg, strict: its warnings are errors); None for what it cannot convert to RGB."""
-    import simplejpeg
+    """libjpeg-turbo (simplejpeg, strict: its warnings are errors); None for what it cannot convert to RGB, and
+    where simplejpeg is not installed (a node without a package index: Pillow decodes, said once)."""
+    try:
+        import simplejpeg
+    except ImportError:
+        _say_once("simplejpeg is not installed: JPEGs are decoded by Pillow, which does not report corrupt JPEG "
+                  "data (pip install simplejpeg)")
+        return None
 
     try:
         height, width, _, _ = simplejpeg.decode_jpeg_header(data)

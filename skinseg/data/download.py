@@ -104,7 +104,8 @@ def download_isic(root: str | Path, splits: Iterable[str] = SPLITS, base_url: st
                 _say(f"skipped {name}: {reason}", progress)
                 continue
             result["downloaded" if fetched else "present"].append(name)
-            result["extracted"][name] = str(extract_zip(root / DOWNLOAD_DIR / name, split_dir, progress=progress))
+            result["extracted"][name] = str(extract_zip(root / DOWNLOAD_DIR / name, split_dir, progress=progress,
+                                                        fetched=fetched))
     return result
 
 
@@ -188,14 +189,20 @@ def _fetch_into(url: str, part: Path, expected_size: int | None, progress: bool,
         raise DownloadError(f"{url}: got {size} bytes but Content-Length says {total}; deleted {part}: run again")
 
 
-def extract_zip(zip_path: str | Path, split_dir: str | Path, *, progress: bool = True) -> Path:
+def extract_zip(zip_path: str | Path, split_dir: str | Path, *, progress: bool = True, fetched: bool = True) -> Path:
     """Extract one zip into ``split_dir`` atomically and return the folder it made.
+
+    A file that is not a zip is deleted only when this run downloaded it (``fetched``); one that was there
+    before is the user's, and is left for them to delete.
 
     A zip with one top folder yields that folder; a zip of loose files yields a folder named after the zip.
     ``__MACOSX/`` and desktop junk are skipped; absolute or ``..`` member paths are refused.
     """
     zip_path, split_dir = Path(zip_path), Path(split_dir)
     if not zipfile.is_zipfile(zip_path):
+        if not fetched:
+            raise DownloadError(f"{zip_path} is not a zip file and was not downloaded by this run, so it is left "
+                                "alone; delete or move it, then run again")
         zip_path.unlink()
         raise DownloadError(f"{zip_path} is not a zip file (the server sent something else, e.g. an error page); "
                             "deleted it: check --base-url and run again")
