@@ -348,6 +348,10 @@ def test_kills_inside_checkpoint_writes_leave_loadable_files_and_resume_bit_iden
     assert _same(_weights(run.best), _weights(ref.best))
     assert checkpoint_epoch(run.best) == load_checkpoint(run.last)["best"]["epoch"]
     assert not list(run.path.glob(".*.tmp-*"))
+    # the log holds every epoch once, and the steps of the uninterrupted run (a kill between the checkpoint writes
+    # and the epoch's row loses no row)
+    assert run.metrics()[1]["epoch"].tolist() == [1, 2, 3, 4]
+    assert run.metrics()[0]["step"].tolist() == ref.metrics()[0]["step"].tolist()
 
 
 # ---- 8. masks saved as 0/1 -------------------------------------------------------------------
