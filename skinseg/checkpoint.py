@@ -190,29 +190,19 @@ def check_ensemble_target(out: str | Path, members: list[str | Path]) -> Path:
     """``out`` resolved, when an ensemble file may be written there: a new file, or an older ensemble file (which
     only ``skinseg ensemble`` writes). A member, another checkpoint, any other file, a folder, a ground-truth
     folder or a read-only folder is refused before any work."""
-    from skinseg.data.isic import ground_truth_folder_of
-    from skinseg.files import ensure_writable
+    from skinseg.files import check_file_target
 
-    out = Path(out).expanduser().resolve()
     hint = "name a new file, e.g. --out runs/ensemble.pt"
-    if out.is_dir():
-        raise CheckpointError(f"--out {out} is a folder; {hint}")
-    if out in {Path(p).expanduser().resolve() for p in members}:
+    if Path(out).expanduser().resolve() in {Path(p).expanduser().resolve() for p in members}:
         raise CheckpointError(f"--out {out} is one of the member checkpoints and would be overwritten; {hint}")
-    truth = ground_truth_folder_of(out.parent)
-    if truth is not None:
-        raise CheckpointError(f"--out {out} is inside the ground-truth folder {truth}; {hint}")
-    if out.exists():
-        try:
-            kind = load_checkpoint(out, mmap=True).get("kind")
-        except CheckpointError:
-            kind = None
-        if kind != ENSEMBLE_KIND:
-            what = "a checkpoint of a run" if kind is None and out.suffix == ".pt" else "a file"
-            raise CheckpointError(f"--out {out} exists and is {what}, not an ensemble file that `skinseg ensemble` "
-                                  f"wrote, so it is left alone; {hint}")
-    ensure_writable(out.parent, "the folder of --out", "choose another --out")
-    return out
+    return check_file_target(out, "--out", _is_ensemble_file, "an ensemble file that `skinseg ensemble` wrote", hint)
+
+
+def _is_ensemble_file(path: Path) -> bool:
+    try:
+        return is_ensemble(load_checkpoint(path, mmap=True))
+    except CheckpointError:
+        return False
 
 
 def ensemble_state(checkpoints: list[str | Path], states: list[dict], cfg: Config) -> dict[str, Any]:

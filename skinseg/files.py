@@ -149,24 +149,35 @@ def claim_folder(folder: str | Path, marker: str, what: str, own: Path | None = 
     return folder
 
 
-def check_json_target(path: str | Path, what: str) -> Path:
-    """``path`` resolved, when a JSON result may be written there: a new file, or a JSON file (an earlier
-    result). Anything else there, a folder, or a ground-truth folder is refused before the work that fills it."""
-    import json
-
+def check_file_target(path: str | Path, what: str, ours, kind: str, hint: str) -> Path:
+    """``path`` resolved, when a command may write its file there: a new file, or one that ``ours(path)`` says
+    the same command wrote (``kind`` names such files). A folder, anyone else's file, a ground-truth folder or a
+    read-only folder is refused, before the work that fills the file."""
     from skinseg.data.isic import ground_truth_folder_of
 
     target = Path(path).expanduser().resolve()
     if target.is_dir():
-        raise DataError(f"{what} {path} is a folder; name a file, e.g. {Path(path) / 'scores.json'}")
+        raise DataError(f"{what} {target} is a folder; {hint}")
     truth = ground_truth_folder_of(target.parent)
     if truth is not None:
-        raise DataError(f"{what} {target} is inside the ground-truth folder {truth}; write it elsewhere")
-    if target.exists():
-        try:
-            json.loads(target.read_text())
-        except (OSError, UnicodeDecodeError, ValueError):
-            raise DataError(f"{what} {target} exists and is not a JSON file, so it is left alone; name a new file"
-                            ) from None
-    ensure_writable(target.parent, f"the folder of {what}", f"choose another {what} path")
+        raise DataError(f"{what} {target} is inside the ground-truth folder {truth}; {hint}")
+    if target.exists() and not ours(target):
+        raise DataError(f"{what} {target} exists and is not {kind}, so it is left alone; {hint}")
+    ensure_writable(target.parent, f"the folder of {what}", hint)
     return target
+
+
+def check_json_target(path: str | Path, what: str) -> Path:
+    """``path`` resolved, when a JSON result may be written there: a new file, or a JSON file (an earlier
+    result); see :func:`check_file_target`."""
+    return check_file_target(path, what, _is_json, "a JSON file", f"name a new file, e.g. {what} scores.json")
+
+
+def _is_json(path: Path) -> bool:
+    import json
+
+    try:
+        json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return True

@@ -98,7 +98,7 @@ def test_ensemble_never_overwrites_a_member_a_checkpoint_or_a_mask(members, tmp_
     notes.write_text("mine")
     worked = []
     monkeypatch.setattr(ev, "load_members", lambda *x: worked.append(1))  # the work must not even start
-    cases = {a: "one of the member checkpoints", other_best: "a checkpoint of a run", mask: "ground-truth folder",
+    cases = {a: "one of the member checkpoints", other_best: "not an ensemble file", mask: "ground-truth folder",
              notes: "not an ensemble file", tmp_path: "is a folder"}
     for out, words in cases.items():
         before = _tree(out) if out.is_dir() else out.read_bytes()
