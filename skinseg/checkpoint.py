@@ -97,8 +97,10 @@ def check_for_inference(state: dict[str, Any], path: str | Path) -> None:
         raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}: it was not written whole by skinseg; "
                               "use the run's best.pt / last.pt (or retrain)")
     n = N_ATTRIBUTES
-    for key in ("thresholds", "gates"):
-        values = state[key]
+    for key in ("thresholds", "gates", "thresholds_per_attribute"):
+        values = state.get(key)
+        if values is None and key == "thresholds_per_attribute":  # optional: older checkpoints lack it
+            continue
         ok = isinstance(values, (list, tuple)) and len(values) == n and all(
             isinstance(v, (int, float)) and 0.0 <= v <= 1.0 for v in values)
         if not ok:
@@ -131,6 +133,19 @@ def checkpoint_config(values: dict, source: str) -> Config:
     """The config stored in a checkpoint, to rebuild its model (weights come from the checkpoint, not a hub)."""
     cfg = Config.from_dict(dict(values), source=source)
     return cfg.replace(pretrained=False, pretrained_path=None, load=None)
+
+
+def decision_thresholds(state: dict[str, Any], operating_point: str, path: str | Path) -> list[float]:
+    """The thresholds of a checkpoint at an operating point: ``micro`` (tuned for the overall score, the
+    leaderboard's) or ``per_attribute`` (each attribute's own best, tuned on the same split)."""
+    if operating_point == "micro":
+        return [float(t) for t in state["thresholds"]]
+    values = state.get("thresholds_per_attribute")
+    if values is None:
+        raise CheckpointError(f"checkpoint {path} holds no per-attribute thresholds (written before skinseg stored "
+                              "them, or trained with tune_thresholds: false); use --operating-point micro, or "
+                              "retrain")
+    return [float(t) for t in values]
 
 
 # ---- resuming: RNG state and the best checkpoint ------------------------------------------

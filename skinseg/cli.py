@@ -13,7 +13,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from skinseg.choices import DEVICES, RESIZE_MODES, SPLIT_NAMES, TTA_MODES
+from skinseg.choices import DEVICES, OPERATING_POINTS, RESIZE_MODES, SPLIT_NAMES, TTA_MODES
 
 # config keys that hold paths: given with --set, they are the user's too (from the working directory)
 PATH_KEYS = ("data_root", "load", "pretrained_path", "output_dir")
@@ -116,15 +116,23 @@ def _write_json(path: str | Path, data) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from skinseg.evaluation import evaluate_checkpoint, scores_table
+    from skinseg.evaluation import evaluate_checkpoint, evaluation_json, operating_points_table, scores_table
 
     json_path = _json_target(args.json)
-    result = evaluate_checkpoint(user_path(args.checkpoint), user_path(args.data), args.split, tta=args.tta,
-                                 tuned=not args.untuned, device=args.device)
-    print(scores_table(result.scores).to_string(float_format=lambda v: f"{v:.4f}"))
-    print(f"overall (micro-averaged Jaccard, the leaderboard score): {result.scores.overall:.4f}")
+    checkpoint = user_path(args.checkpoint)
+    result = evaluate_checkpoint(checkpoint, user_path(args.data), args.split, tta=args.tta, tuned=not args.untuned,
+                                 device=args.device)
+    if args.untuned:
+        print(scores_table(result.scores).to_string(float_format=lambda v: f"{v:.4f}"))
+        print(f"overall (micro-averaged Jaccard, the leaderboard score) at threshold 0.5: {result.scores.overall:.4f}")
+    else:
+        print(operating_points_table(result, checkpoint).to_string(float_format=lambda v: f"{v:.4f}"))
+        print(f"overall (micro-averaged Jaccard, the leaderboard score): {result.scores.overall:.4f}")
+    auc = result.presence_auc()
+    print("presence AUC (image level): " + ", ".join(f"{a} {v:.3f}" for a, v in auc.items()))
     if json_path:
-        _write_json(json_path, result.scores.to_official_json())
+        _write_json(json_path, evaluation_json(result, checkpoint, args.split) if not args.untuned else
+                    {**result.scores.to_official_json(), "split": args.split, "presence_auc": auc})
     return 0
 
 
@@ -141,7 +149,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from skinseg.evaluation import predict_folder
 
     n = predict_folder(user_path(args.checkpoint), user_path(args.images), user_path(args.out), tta=args.tta,
-                       device=args.device)
+                       device=args.device, operating_point=args.operating_point)
     print(f"wrote {n} mask files to {args.out}")
     return 0
 
@@ -160,13 +168,11 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from skinseg.errors import ConfigError
-    from skinseg.paths import PARAMS_DIR
     from skinseg.sweeps import run_sweep
 
     if args.jobs < 1:
         raise ConfigError(f"--jobs {args.jobs}: runs at once, 1 or more")
-    base = user_path(args.base) if args.base else PARAMS_DIR / "demo.yaml"
-    table = run_sweep(args.name, base=base, overrides=_user_overrides(args.set),
+    table = run_sweep(args.name, base=user_path(args.base), overrides=_user_overrides(args.set),
                       out_dir=user_path(args.out), runner=args.runner, jobs=args.jobs)
     print(table.to_string(float_format=lambda v: f"{v:.4f}"))
     return 0
@@ -272,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", default=None, choices=TTA_MODES, help="default: the checkpoint's")
     p.add_argument("--untuned", action="store_true", help="threshold 0.5 instead of the tuned thresholds")
     p.add_argument("--device", default="auto", choices=DEVICES)
-    p.add_argument("--json", help="write the official-scorer-shaped JSON here")
+    p.add_argument("--json", help="write the scores here: the official scorer's shape at the micro operating "
+                                  "point, then both operating points and the presence AUC")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("ensemble", help="average the probabilities of several checkpoints; tune thresholds again")
@@ -290,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", required=True, help="folder of ISIC_<id>.jpg images")
     p.add_argument("--out", required=True, help="output folder for ISIC_<id>_attribute_<name>.png")
     p.add_argument("--tta", default=None, choices=TTA_MODES)
+    p.add_argument("--operating-point", default="micro", choices=OPERATING_POINTS,
+                   help="thresholds tuned for the overall score (micro, the leaderboard's; default) or each "
+                        "attribute for its own Jaccard (per_attribute)")
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.set_defaults(func=_cmd_predict)
 
@@ -302,7 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="train every config of params/sweeps/NAME not trained yet; print the comparison")
     p.add_argument("name", help="a folder of params/sweeps/")
-    p.add_argument("--base", default=None, help="params YAML the sweep's files modify (default: params/demo.yaml)")
+    p.add_argument("--base", default=None,
+                   help="params YAML the sweep's files modify (default: the base its _sweep.yaml records)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key of every config")
     p.add_argument("--out", default=None, help="output folder (default: reports/sweeps/NAME)")
     p.add_argument("--runner", default="papermill", choices=("papermill", "cli"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from skinseg.checkpoint import (check_ensemble_target, ensemble_from_state, ensemble_state, load_for_inference,
+from skinseg.checkpoint import (check_ensemble_target, decision_thresholds, ensemble_from_state, ensemble_state, load_for_inference,
                                load_members, ready_for_inference, save_checkpoint)
 from skinseg.data.augment import eval_transform
 from skinseg.data.cache import build_cache, read_mask
@@ -25,35 +26,68 @@ from skinseg.metrics import OfficialScore, Scores
 
 
 def evaluate_checkpoint(checkpoint, data_root, split: str = "val", tta: str | None = None, tuned: bool = True,
-                        device: str = "auto", per_image: bool = False, num_workers: int = 0) -> EvalResult:
-    """Official score of a checkpoint on a split, with its tuned thresholds (and gates) unless ``tuned=False``."""
+                        device: str = "auto", per_image: bool = False, num_workers: int = 0,
+                        operating_point: str = "micro") -> EvalResult:
+    """Official score of a checkpoint on a split, with its tuned thresholds at ``operating_point`` (and, at the
+    micro one, its gates) unless ``tuned=False`` (0.5 everywhere). The result's sweep scores any other
+    thresholds exactly (:func:`operating_points`)."""
     model, cfg, state, dev, amp_dtype = load_for_inference(checkpoint, device)
     cfg = cfg.replace(data_root=str(data_root), num_workers=num_workers)
     loader = make_loader(cfg, split, train=False)
     if not loader.dataset.cache.has_masks:
         raise DataError(f"split {split!r} below {data_root} has no ground truth; use `skinseg predict` instead")
-    thresholds = state["thresholds"] if tuned else [0.5] * cfg.classes
-    gates = state["gates"] if tuned and cfg.aux_head else None
+    thresholds = decision_thresholds(state, operating_point, checkpoint) if tuned else [0.5] * cfg.classes
+    gates = state["gates"] if tuned and cfg.aux_head and operating_point == "micro" else None
     return evaluate_model(model, loader, dev, thresholds, gates, tta=tta or cfg.tta, amp_dtype=amp_dtype,
                           channels_last=cfg.channels_last, per_image=per_image, reduce=False)
 
 
+def operating_points(result: EvalResult, checkpoint) -> dict[str, dict]:
+    """The scores of an evaluation (at the micro operating point) at both operating points, with their
+    thresholds: ``micro`` (tuned for the overall score, the leaderboard's) and ``per_attribute`` (each
+    attribute's own best, what per-attribute and macro figures in later papers use), when the checkpoint has it.
+    The per-attribute scores come from the evaluation's threshold histograms: exact, ungated."""
+    from skinseg.checkpoint import load_checkpoint
+
+    state = load_checkpoint(checkpoint, mmap=True)
+    out = {"micro": {"thresholds": [float(t) for t in state["thresholds"]], "scores": result.scores}}
+    each = state.get("thresholds_per_attribute")
+    if each is not None:
+        out["per_attribute"] = {"thresholds": [float(t) for t in each], "scores": result.sweep.scores(each)}
+    return out
+
+
+def evaluation_json(result: EvalResult, checkpoint, split: str) -> dict:
+    """What ``skinseg evaluate --json`` writes: the official scorer's shape at the micro operating point, then
+    both operating points with their thresholds, and the per-attribute presence AUC."""
+    points = operating_points(result, checkpoint)
+    out = result.scores.to_official_json()
+    out["split"] = split
+    out["operating_points"] = {name: {"thresholds": p["thresholds"], **p["scores"].to_official_json()}
+                               for name, p in points.items()}
+    out["presence_auc"] = result.presence_auc()
+    return out
+
+
 def predict_folder(checkpoint, images_dir, out_dir, tta: str | None = None, device: str = "auto",
-                   num_workers: int = 0) -> int:
-    """Write a challenge submission for every ``ISIC_<id>.jpg`` in ``images_dir``."""
+                   num_workers: int = 0, operating_point: str = "micro", tuned: bool = True) -> int:
+    """Write a challenge submission for every ``ISIC_<id>.jpg`` in ``images_dir``, at the checkpoint's
+    thresholds of ``operating_point`` (the leaderboard's ``micro``, or ``per_attribute``); 0.5 everywhere when
+    not ``tuned``."""
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise DataError(f"image folder {images_dir} does not exist")
     check_submission_folder(out_dir)  # before any work
     model, cfg, state, dev, amp_dtype = load_for_inference(checkpoint, device)
+    thresholds = decision_thresholds(state, operating_point, checkpoint) if tuned else [0.5] * len(ATTRIBUTES)
     split = image_split("predict", images_dir)
     if not split.ids:
         raise DataError(f"no ISIC_<7 digits>.jpg images in {images_dir}")
     cache = build_cache(split, cfg.image_size, cfg.resize_mode)
     loader = make_loader(cfg.replace(num_workers=num_workers), "test", train=False,
                          dataset=ISICDataset(cache, eval_transform(cfg)))
-    gates = state["gates"] if cfg.aux_head else None
-    return write_submission(model, loader, out_dir, dev, state["thresholds"], gates, tta=tta or cfg.tta,
+    gates = state["gates"] if tuned and cfg.aux_head and operating_point == "micro" else None
+    return write_submission(model, loader, out_dir, dev, thresholds, gates, tta=tta or cfg.tta,
                             amp_dtype=amp_dtype, channels_last=cfg.channels_last)
 
 
@@ -70,7 +104,7 @@ def build_ensemble(checkpoints: list[str | Path], data_root: str | Path, out: st
     loader = make_loader(cfg.replace(data_root=str(data_root), num_workers=num_workers), tune_split, train=False)
     result = evaluate_model(model, loader, dev, tta=tta, amp_dtype=amp_dtype, channels_last=cfg.channels_last)
     thresholds, _, score = result.sweep.tune()
-    state.update(thresholds=thresholds, gates=[0.0] * cfg.classes,
+    state.update(thresholds=thresholds, thresholds_per_attribute=result.sweep.tune_each(), gates=[0.0] * cfg.classes,
                  best={"score": score, "split": tune_split, "score_at_0.5": result.scores.overall})
     save_checkpoint(state, out)
     return {"ensemble": str(out), "members": [str(p) for p in checkpoints], "tune_split": tune_split,
@@ -188,6 +222,76 @@ def _png_hw(path: Path) -> tuple[int, int]:
 
     with Image.open(path) as im:
         return im.size[1], im.size[0]
+
+
+THRESHOLD_VARIANTS = ("0.5", "micro", "per_attribute")
+
+
+def decision_variants(checkpoint, data_root, tuning_split: str, evaluated_split: str,
+                      tta_modes=("none", "hflip", "hvflip"), device: str = "auto") -> "DecisionVariants":
+    """Every decision variant of a checkpoint — thresholds (0.5, micro-tuned, per-attribute-tuned) x TTA —
+    scored on the tuning split and on the evaluated split, one row each; the variant is chosen on the tuning
+    split (its overall score), never on the split it is reported on.
+
+    Returns the table (columns ``<split role> overall`` / ``macro``, and ``chosen``), the evaluated split's
+    :class:`Scores` per variant and its presence AUC per TTA mode.
+    """
+    scores: dict[str, dict[tuple[str, str], Scores]] = {"tuning": {}, "evaluated": {}}
+    auc: dict[str, dict[str, float]] = {}
+    for role, split in (("tuning", tuning_split), ("evaluated", evaluated_split)):
+        for tta in tta_modes:
+            result = evaluate_checkpoint(checkpoint, data_root, split, tta=tta, device=device)
+            points = operating_points(result, checkpoint)
+            if role == "evaluated":
+                auc[tta] = result.presence_auc()
+            scores[role][("0.5", tta)] = result.sweep.scores([0.5] * len(ATTRIBUTES))
+            for name, point in points.items():
+                scores[role][(name, tta)] = point["scores"]
+    table = pd.DataFrame({key: {f"{role} {what}": getattr(scores[role][key], attr)
+                                for role in ("tuning", "evaluated")
+                                for what, attr in (("overall", "overall"), ("macro", "macro_jaccard"))}
+                          for key in scores["tuning"]}).T
+    table.index.names = ["thresholds", "TTA"]
+    chosen = choose_variant(table)
+    table["chosen"] = [key == chosen for key in table.index]
+    return DecisionVariants(table, chosen, scores["evaluated"], auc)
+
+
+@dataclass
+class DecisionVariants:
+    """Decision variants of a checkpoint (see :func:`decision_variants`)."""
+
+    table: pd.DataFrame  # one row per (thresholds, TTA): tuning and evaluated split, overall and macro
+    chosen: tuple[str, str]  # chosen on the tuning split
+    evaluated: dict[tuple[str, str], Scores]  # the evaluated split's scores per variant
+    presence_auc: dict[str, dict[str, float]]  # the evaluated split's presence AUC per TTA mode
+
+    def per_attribute(self) -> pd.DataFrame:
+        """The evaluated split's Jaccard per attribute at both operating points, with the chosen TTA."""
+        tta = self.chosen[1]
+        columns = {f"{name} thresholds": {**s.jaccard, "micro_average (overall)": s.micro_jaccard,
+                                          "macro_average": s.macro_jaccard}
+                   for (name, t), s in self.evaluated.items() if t == tta and name != "0.5"}
+        columns["presence AUC"] = self.presence_auc[tta]
+        return pd.DataFrame(columns)
+
+
+def choose_variant(table: pd.DataFrame) -> tuple[str, str]:
+    """The (thresholds, TTA) row with the best tuning-split overall score; ties go to the simpler variant
+    (0.5 before tuned, no TTA before flips), the order the rows come in."""
+    return table["tuning overall"].idxmax()
+
+
+def operating_points_table(result: EvalResult, checkpoint) -> pd.DataFrame:
+    """Per-attribute Jaccard, micro and macro averages at each operating point, with the thresholds, one
+    column per operating point."""
+    columns = {}
+    for name, point in operating_points(result, checkpoint).items():
+        s = point["scores"]
+        columns[f"jaccard ({name})"] = {**s.jaccard, "micro_average (overall)": s.micro_jaccard,
+                                        "macro_average": s.macro_jaccard}
+        columns[f"threshold ({name})"] = dict(zip(ATTRIBUTES, point["thresholds"]))
+    return pd.DataFrame(columns)
 
 
 def scores_table(scores: Scores) -> pd.DataFrame:

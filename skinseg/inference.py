@@ -24,7 +24,7 @@ from skinseg.data.cache import SplitCache, read_mask
 from skinseg.data.isic import ATTRIBUTES, Split, ground_truth_folder_of, mask_name
 from skinseg.errors import DataError, DiskFullError, SkinsegError
 from skinseg.files import ensure_writable, is_disk_full, space_message, temp_sibling
-from skinseg.metrics import OfficialScore, Scores, ThresholdSweep
+from skinseg.metrics import OfficialScore, Scores, ThresholdSweep, presence_auc
 from skinseg.runtime import autocast
 
 TTA_FLIPS = {"none": [()], "hflip": [(), (3,)], "hvflip": [(), (3,), (2,), (2, 3)]}
@@ -190,6 +190,14 @@ class EvalResult:
     sweep: ThresholdSweep
     loss: float = float("nan")
     per_image: list[dict] = field(default_factory=list)
+    # image level, N x C: the image's score per attribute (peak probability, or the presence head's) and whether
+    # its ground truth holds the attribute; for presence AUC (this process's images only under DDP)
+    image_scores: np.ndarray | None = None
+    image_present: np.ndarray | None = None
+
+    def presence_auc(self) -> dict[str, float]:
+        """Per-attribute image-level presence AUC (see :func:`skinseg.metrics.presence_auc`)."""
+        return presence_auc(self.image_scores, self.image_present)
 
 
 @torch.no_grad()
@@ -216,6 +224,7 @@ def evaluate_model(model: torch.nn.Module, loader, device: torch.device, thresho
     loss_sum, loss_n = torch.zeros((), dtype=torch.float64, device=device), 0
     rows: list[dict] = []
     finite, ids = [], []  # per batch: which images' outputs are finite (on the device), and their ids
+    peaks, present = [], []  # per batch, on the device: image scores and presence, B x C
     for pb in predict_batches(model, loader, device, tta, amp_dtype, channels_last, loss_fn, progress, "evaluating",
                               check_finite=False):
         finite.append(pb.finite)
@@ -224,12 +233,16 @@ def evaluate_model(model: torch.nn.Module, loader, device: torch.device, thresho
             loss_sum += pb.loss.double() * len(pb.probs)
             loss_n += len(pb.probs)
         if not at_original:
+            peaks.append(_image_score(pb.probs, pb.presence))
+            present.append((pb.target > 0.5).flatten(2).any(-1))
             _accumulate(score, sweep, pb.probs, pb.target, pb.presence, thresholds, gates)
             if per_image:
                 rows += _per_image(pb.batch, pb.probs, pb.target, pb.presence, thresholds, gates)
             continue
         for index, image_id, p, pres in at_original_size(cache, pb):
             t = originals.get(index).to(device)[None]
+            peaks.append(_image_score(p, pres))
+            present.append(t.flatten(2).any(-1))
             _accumulate(score, sweep, p, t, pres, thresholds, gates)
             if per_image:
                 rows += _per_image({"id": [image_id], "index": [index]}, p, t, pres, thresholds, gates)
@@ -238,7 +251,14 @@ def evaluate_model(model: torch.nn.Module, loader, device: torch.device, thresho
     if reduce:
         score.all_reduce()
         sweep.all_reduce()
-    return EvalResult(score.compute(), sweep, float(loss_sum) / max(loss_n, 1) if loss_n else float("nan"), rows)
+    loss = float(loss_sum) / max(loss_n, 1) if loss_n else float("nan")
+    images = (torch.cat(peaks).float().cpu().numpy(), torch.cat(present).cpu().numpy()) if peaks else (None, None)
+    return EvalResult(score.compute(), sweep, loss, rows, *images)
+
+
+def _image_score(probs: torch.Tensor, presence: torch.Tensor | None) -> torch.Tensor:
+    """B x C image-level scores: the presence head's probability where trained, else the map's peak."""
+    return presence.float() if presence is not None else probs.float().amax((-2, -1))
 
 
 def _accumulate(score, sweep, probs, target, presence, thresholds, gates) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from skinseg.data.isic import ATTRIBUTES
@@ -210,6 +211,25 @@ class ThresholdSweep:
     def scores(self, thresholds, gate: int = 0) -> Scores:
         return scores_from_counts(*self.counts(thresholds, gate))
 
+    def tune_each(self, grid: tuple[float, ...] | None = None) -> list[float]:
+        """Each attribute's own best threshold: the one maximizing that attribute's Jaccard, whatever it does to
+        the overall score (the per-attribute operating point, behind later papers' per-attribute and macro
+        figures). The micro-optimal thresholds of :meth:`tune` instead switch an attribute off whenever its
+        Jaccard is below the overall. Of equal scores the highest threshold wins (fewest false positives), so
+        an attribute absent from the split, or never found, gets the highest."""
+        self._to("cpu")
+        grid = grid or tuple(k / self.bins for k in range(1, self.bins))
+        ks = torch.as_tensor([int(round(t * self.bins)) for t in grid])
+        tp_at = torch.cat([self.pos[0].flip(-1).cumsum(-1).flip(-1), torch.zeros(self.classes, 1,
+                                                                                  dtype=torch.float64)], -1)
+        fp_at = torch.cat([self.neg[0].flip(-1).cumsum(-1).flip(-1), torch.zeros(self.classes, 1,
+                                                                                  dtype=torch.float64)], -1)
+        tp, fp = tp_at[:, ks], fp_at[:, ks]
+        union = tp + fp + (self.pos_total[:, None] - tp)
+        jaccard = torch.where(union > 0, tp / union.clamp_min(1e-300), torch.ones_like(tp))
+        best = len(grid) - 1 - jaccard.flip(-1).argmax(-1)  # of equal scores, the highest threshold
+        return [round(float(grid[int(k)]), 4) for k in best]
+
     def tune(self, rounds: int = 3, grid: tuple[float, ...] | None = None,
              tune_gate: bool = False) -> tuple[list[float], list[float], float]:
         """Per-attribute thresholds (and, with ``tune_gate``, one presence cut-off per attribute chosen from
@@ -253,3 +273,21 @@ class ThresholdSweep:
                 break
         cutoffs = [float(self.gate_cutoffs[g]) for g in gates]
         return [round(t, 4) for t in thr], cutoffs, float(best)
+
+
+def presence_auc(scores, present) -> dict[str, float]:
+    """Per-attribute image-level presence AUC (ROC): how well an image score (the map's peak probability, or a
+    presence head's) ranks the images holding the attribute above those without it; NaN when the split holds
+    only one kind. Mann-Whitney U with average ranks for ties."""
+    from scipy.stats import rankdata
+
+    scores, present = np.asarray(scores, dtype=np.float64), np.asarray(present, dtype=bool)
+    out = {}
+    for c, attribute in enumerate(ATTRIBUTES[: scores.shape[1]]):
+        pos, n = int(present[:, c].sum()), len(present)
+        if pos in (0, n):
+            out[attribute] = float("nan")
+            continue
+        ranks = rankdata(scores[:, c])
+        out[attribute] = float((ranks[present[:, c]].sum() - pos * (pos + 1) / 2) / (pos * (n - pos)))
+    return out

@@ -48,7 +48,7 @@ CSV_COLUMNS = (
     ["kind", "epoch", "step", "time", "loss", "lr", "train_loss", "val_loss", "epoch_seconds", "images_per_s",
      "val_seconds", "checkpoint_seconds"]
     + [f"val_jaccard_{a}" for a in ATTRIBUTES] + [f"val_dice_{a}" for a in ATTRIBUTES]
-    + ["val_jaccard", "val_dice", "val_macro_jaccard", "val_tuned_jaccard"]
+    + ["val_jaccard", "val_dice", "val_macro_jaccard", "val_tuned_jaccard", "val_tuned_macro_jaccard"]
 )
 
 

@@ -22,13 +22,30 @@ from skinseg.runs import RunFolder, find_complete_run, read_metrics, run_summary
 SWEEP_MARKER = ".skinseg-sweep"  # in a sweep's --out outside reports/: the sweep may write there again
 
 
+SWEEP_RECORD = "_sweep.yaml"  # in each sweep folder: its base params file and the overrides every run takes
+
+
 def sweep_files(name: str) -> list[Path]:
+    """The run files of a sweep (every YAML of its folder but the record)."""
     folder = PARAMS_DIR / "sweeps" / name
-    files = sorted(folder.glob("*.yaml"))
+    files = sorted(p for p in folder.glob("*.yaml") if not p.name.startswith("_"))
     if not files:
         known = sorted(p.name for p in (PARAMS_DIR / "sweeps").iterdir() if p.is_dir())
         raise ConfigError(f"no sweep {name!r} (no YAML files in {folder}); sweeps: {', '.join(known)}")
     return files
+
+
+def sweep_record(name: str) -> tuple[Path, dict[str, Any]]:
+    """(base params file, overrides) a sweep records in its ``_sweep.yaml``; demo.yaml and none without one."""
+    path = PARAMS_DIR / "sweeps" / name / SWEEP_RECORD
+    if not path.exists():
+        return PARAMS_DIR / "demo.yaml", {}
+    record = read_params(path)
+    unknown = set(record) - {"base", "overrides"}
+    if unknown or not isinstance(record.get("base"), str) or not isinstance(record.get("overrides", {}), dict):
+        raise ConfigError(f"{path}: needs `base: <params file below params/>` and optionally `overrides:` (a "
+                          f"mapping){'; unknown: ' + ', '.join(sorted(unknown)) if unknown else ''}")
+    return PARAMS_DIR / record["base"], dict(record.get("overrides") or {})
 
 
 def load_params(path: str | Path | None) -> dict[str, Any]:
@@ -48,17 +65,20 @@ def run_parameters(base: dict, sweep_file: Path, overrides: dict | None, out_dir
     return Config.from_dict(params, source=str(sweep_file)).to_dict()
 
 
-def run_sweep(name: str, base: str | Path | None = "params/demo.yaml", overrides: dict | None = None,
+def run_sweep(name: str, base: str | Path | None = None, overrides: dict | None = None,
               out_dir: str | Path | None = None, kernel: str = "python3", progress: bool = True,
               runner: str = "papermill", jobs: int = 1) -> pd.DataFrame:
     """Run every config of a sweep that is not done yet; return the comparison table (one row per config).
 
-    ``runner="papermill"`` executes ``03_train`` per config (an executed notebook per run, one at a time);
+    ``base`` None takes the base the sweep records (``params/sweeps/<name>/_sweep.yaml``); the record's
+    overrides update the base (under the sweep files and ``overrides``). ``runner="papermill"`` executes ``03_train`` per config (an executed notebook per run, one at a time);
     ``runner="cli"`` runs ``skinseg train`` on the config's merged parameters (written next to its log as
     ``<out_dir>/<config>.yaml``), ``jobs`` at a time: for nodes without Jupyter, and for filling a large GPU.
     """
-    base_params = load_params(base)
     sweep_files(name)  # an unknown sweep is refused before any folder is made
+    recorded_base, recorded_overrides = sweep_record(name)
+    # the record's overrides belong to the base (a sweep file may set them otherwise); --set overrides all
+    base_params = {**load_params(base if base is not None else recorded_base), **recorded_overrides}
     out_dir = claim_folder(out_dir or REPORTS_DIR / "sweeps" / name, SWEEP_MARKER, "the sweep's --out",
                            own=REPORTS_DIR)
     todo, runs = {}, {}

@@ -1,4 +1,5 @@
 """Notebooks and params: one parameters cell each, stored clean, params YAMLs that papermill can use."""
+from pathlib import Path
 import ast
 import re
 import warnings
@@ -17,10 +18,7 @@ from skinseg.report import NOTEBOOKS, ReportError, build_html, chosen_data_root,
 from skinseg.runs import RunFolder, best_checkpoint
 
 NOTEBOOK_FILES = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
-PARAMS_FILES = sorted(PARAMS_DIR.rglob("*.yaml"))
-# the base each real-data sweep runs on (README, benchmarks/gpu_recipes.sh); the synthetic ones run on demo.yaml
-SWEEP_BASES = {"isic_cpu": "isic_cpu_128.yaml", "isic_cpu_seeds": "isic_cpu_scratch.yaml",
-               "isic_cpu_pretrained": "isic_cpu.yaml", "isic_gpu": "isic.yaml"}
+PARAMS_FILES = sorted(p for p in PARAMS_DIR.rglob("*.yaml") if not p.name.startswith("_"))
 
 
 def test_the_six_numbered_notebooks_exist():
@@ -162,18 +160,39 @@ def test_params_yaml_keys_are_notebook_parameters_and_config_keys(path):
     accepted = pm.inspect_notebook(str(NOTEBOOKS_DIR / "03_train.ipynb"))
     unknown = [k for k in data if k not in accepted]
     assert not unknown, f"{path.name}: keys papermill would only warn about: {unknown}"
-    if path.parent.parent.name == "sweeps":  # an overlay: valid merged with the base its sweep runs on
-        base = SWEEP_BASES.get(path.parent.name, "demo.yaml")
-        data = {**yaml.safe_load((PARAMS_DIR / base).read_text()), **data}
+    if path.parent.parent.name == "sweeps":  # an overlay: valid merged with the base its sweep records
+        from skinseg.sweeps import sweep_record
+
+        base, overrides = sweep_record(path.parent.name)
+        data = {**yaml.safe_load(base.read_text()), **overrides, **data}
     Config.from_dict(data, source=str(path))
+
+
+def test_every_sweep_records_its_base_and_sweep_runs_on_it(monkeypatch):
+    import skinseg.sweeps as sweeps
+
+    for folder in sorted((PARAMS_DIR / "sweeps").iterdir()):
+        base, overrides = sweeps.sweep_record(folder.name)
+        assert (folder / "_sweep.yaml").exists() and base.is_file(), folder.name
+    assert sweeps.sweep_record("isic_cpu_pretrained") == (PARAMS_DIR / "isic_cpu.yaml", {})
+    assert sweeps.sweep_record("isic_cpu") == (PARAMS_DIR / "isic_cpu_128.yaml", {"epochs": 6})
+    seen = {}
+    monkeypatch.setattr(sweeps, "find_complete_run", lambda out, params: seen.setdefault(params["run_name"], params))
+    monkeypatch.setattr(sweeps, "comparison", lambda runs: runs)
+    monkeypatch.setattr(sweeps, "claim_folder", lambda folder, *a, **k: Path(folder))
+    sweeps.run_sweep("isic_cpu", out_dir=Path("/nonexistent"), progress=False)  # every run found done: no training
+    cpu128 = yaml.safe_load((PARAMS_DIR / "isic_cpu_128.yaml").read_text())
+    assert len(seen) == 7 and seen["a_baseline"]["image_size"] == cpu128["image_size"]
+    assert seen["f_crop128_at256"]["image_size"] == 256  # a sweep file's own value
+    assert {k: p["epochs"] for k, p in seen.items()}["a_baseline"] == 6  # the record's, under the files' own
 
 
 def test_sweeps_shipped():
     for name, n in (("architectures", 4), ("schedulers", 6), ("losses", 5)):
-        assert len(list((PARAMS_DIR / "sweeps" / name).glob("*.yaml"))) >= n
-    models = {yaml.safe_load(p.read_text())["model"] for p in (PARAMS_DIR / "sweeps" / "architectures").glob("*.yaml")}
+        assert len(list((PARAMS_DIR / "sweeps" / name).glob("[!_]*.yaml"))) >= n
+    models = {yaml.safe_load(p.read_text())["model"] for p in (PARAMS_DIR / "sweeps" / "architectures").glob("[!_]*.yaml")}
     assert models == {"unet", "unet-residual", "unet-attention", "unet-convnext-attention"}
-    schedulers = {yaml.safe_load(p.read_text())["scheduler"] for p in (PARAMS_DIR / "sweeps" / "schedulers").glob("*.yaml")}
+    schedulers = {yaml.safe_load(p.read_text())["scheduler"] for p in (PARAMS_DIR / "sweeps" / "schedulers").glob("[!_]*.yaml")}
     assert schedulers == {"reduce_lr", "cosine", "cosine_restart", "step", "exp", "onecycle"}
 
 

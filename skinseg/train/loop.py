@@ -246,14 +246,18 @@ class Trainer:
         improved, score = False, None
         if result is not None:
             thresholds, gates = [self.cfg.threshold] * self.cfg.classes, [0.0] * self.cfg.classes
-            tuned = float("nan")
+            tuned, tuned_macro, each = float("nan"), float("nan"), None
             if self.cfg.tune_thresholds:
                 thresholds, gates, tuned = result.sweep.tune(tune_gate=self.cfg.aux_head)
-            row.update({"val_loss": result.loss, **result.scores.flat("val_"), "val_tuned_jaccard": tuned})
+                each = result.sweep.tune_each()  # the per-attribute operating point
+                tuned_macro = result.sweep.scores(each).macro_jaccard
+            row.update({"val_loss": result.loss, **result.scores.flat("val_"), "val_tuned_jaccard": tuned,
+                        "val_tuned_macro_jaccard": tuned_macro})
             score = tuned if self.cfg.tune_thresholds else result.scores.overall
             improved = score > self.best["score"]
             if improved:
-                self.best = {"score": score, "epoch": self.epoch, "thresholds": thresholds, "gates": gates}
+                self.best = {"score": score, "epoch": self.epoch, "thresholds": thresholds, "gates": gates,
+                             "thresholds_per_attribute": each}
                 self.stale_epochs = 0
             else:
                 self.stale_epochs += 1
@@ -294,6 +298,7 @@ class Trainer:
             "step": self.step,
             "config": self.cfg.to_dict(),
             "thresholds": self.best["thresholds"],
+            "thresholds_per_attribute": self.best.get("thresholds_per_attribute"),
             "gates": self.best["gates"],
             "best": self.best,
             "stale_epochs": self.stale_epochs,

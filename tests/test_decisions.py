@@ -1,0 +1,138 @@
+"""Decisions: the two operating points (micro-optimal, the leaderboard's; per-attribute-optimal), image-level
+presence AUC, and notebook 05's rule that a decision variant is chosen on the tuning split, never on the split it
+is reported on."""
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import one_line_error, tiny_config
+from skinseg.cli import main
+from skinseg.data.isic import ATTRIBUTES, SPLIT_FOLDERS
+from skinseg.metrics import Scores, ThresholdSweep, presence_auc
+
+
+def _two_attribute_sweep() -> ThresholdSweep:
+    """Attribute 0: half the image, found perfectly. Attribute 1: 10 true pixels inside 50 predicted at 0.6
+    (its best Jaccard is 0.2, below the overall, so the micro-optimal thresholds switch it off)."""
+    h, w = 32, 32
+    probs, target = torch.full((1, 2, h, w), 0.1), torch.zeros(1, 2, h, w)
+    probs[0, 0, :, :16], target[0, 0, :, :16] = 0.9, 1
+    probs[0, 1].view(-1)[:50] = 0.6
+    target[0, 1].view(-1)[:10] = 1
+    sweep = ThresholdSweep(classes=2)
+    sweep.update(probs, target)
+    return sweep
+
+
+def test_per_attribute_thresholds_keep_an_attribute_the_micro_ones_switch_off():
+    sweep = _two_attribute_sweep()
+    micro, _, overall = sweep.tune()
+    each = sweep.tune_each()
+    # off: 512 / (512 + 10 missed) beats (512 + 10) / (512 + 50) with it on
+    assert overall == pytest.approx(512 / 522) and micro[1] > 0.6
+    assert each[1] == pytest.approx(0.6)  # the highest threshold that keeps its 10 of 50 pixels
+    assert 0.1 < each[0] <= 0.9
+    at_each = sweep.scores(each)
+    assert list(at_each.jaccard.values()) == pytest.approx([1.0, 0.2])
+    assert sweep.scores(micro).jaccard[ATTRIBUTES[1]] == pytest.approx(0.0)
+    assert at_each.macro_jaccard == pytest.approx(0.6)
+    assert at_each.macro_jaccard > sweep.scores(micro).macro_jaccard
+
+
+def test_presence_auc_is_the_share_of_positive_negative_pairs_ranked_right():
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 5, (40, 5)) / 4  # many ties
+    present = rng.random((40, 5)) < 0.4
+    present[:, 4] = False  # an attribute no image holds
+    auc = presence_auc(scores, present)
+    for c, a in enumerate(ATTRIBUTES[:4]):
+        pos, neg = scores[present[:, c], c], scores[~present[:, c], c]
+        pairs = [1.0 if p > n else 0.5 if p == n else 0.0 for p, n in itertools.product(pos, neg)]
+        assert auc[a] == pytest.approx(np.mean(pairs))
+    assert np.isnan(auc["globules"])
+
+
+def _scores(overall: float) -> Scores:
+    per = {a: overall for a in ATTRIBUTES}
+    return Scores(per, per, overall, overall, overall, overall)
+
+
+def test_the_variant_is_chosen_on_the_tuning_split_not_on_the_reported_one(monkeypatch):
+    """val (tuning) prefers micro thresholds without TTA; test prefers per-attribute with hflip: the chosen
+    variant is val's, and the table reports test's scores for it."""
+    import skinseg.evaluation as ev
+
+    prefer = {"val": ("micro", "none"), "test": ("per_attribute", "hflip")}
+
+    class Result:
+        def __init__(self, split, tta):
+            self.split, self.tta = split, tta
+            self.sweep = self
+
+        def scores(self, thresholds):
+            return _scores(self.score("0.5"))
+
+        def score(self, name):
+            return 0.5 if (name, self.tta) == prefer[self.split] else 0.2 + 0.01 * len(name)
+
+        def presence_auc(self):
+            return {a: 0.5 for a in ATTRIBUTES}
+
+    monkeypatch.setattr(ev, "evaluate_checkpoint", lambda ckpt, root, split, tta, device: Result(split, tta))
+    monkeypatch.setattr(ev, "operating_points", lambda r, ckpt: {
+        name: {"thresholds": [0.5] * 5, "scores": _scores(r.score(name))} for name in ("micro", "per_attribute")})
+    variants = ev.decision_variants("ckpt", "root", "val", "test")
+    assert variants.chosen == ("micro", "none")
+    assert variants.table["chosen"].sum() == 1 and variants.table.loc[("micro", "none"), "chosen"]
+    assert variants.table["evaluated overall"].idxmax() == ("per_attribute", "hflip")  # test would pick this
+    assert variants.evaluated[variants.chosen].overall == variants.table.loc[("micro", "none"), "evaluated overall"]
+    assert len(variants.table) == 9
+
+
+@pytest.fixture
+def run(small_root, tmp_path, cache_root):
+    from skinseg.train import train
+
+    return Path(train(tiny_config(small_root, tmp_path, epochs=3), progress=False)["run_dir"])
+
+
+def test_evaluate_reports_both_operating_points_and_predict_writes_either(small_root, tmp_path, run, capsys):
+    from skinseg.evaluation import score_submission
+
+    best = run / "best.pt"
+    out = tmp_path / "val.json"
+    assert main(["evaluate", "--checkpoint", str(best), "--data", str(small_root), "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "jaccard (per_attribute)" in printed and "presence AUC (image level): pigment_network" in printed
+    scores = json.loads(out.read_text())
+    micro, each = scores["operating_points"]["micro"], scores["operating_points"]["per_attribute"]
+    assert scores["overall"] == micro["overall"] and set(scores["presence_auc"]) == set(ATTRIBUTES)
+    # val is the split both were tuned on: each attribute at its own best is at least as good as at the micro ones
+    for a in ATTRIBUTES:
+        assert each[a]["jaccard"] >= micro[a]["jaccard"] - 1e-12, a
+    images = str(small_root / "val" / SPLIT_FOLDERS["val"][0])
+    for point, expected in (("micro", micro), ("per_attribute", each)):
+        sub = tmp_path / f"sub_{point}"
+        assert main(["predict", "--checkpoint", str(best), "--images", images, "--out", str(sub),
+                     "--operating-point", point]) == 0
+        assert score_submission(sub, small_root, "val").overall == pytest.approx(expected["overall"], abs=1e-9)
+
+
+def test_a_checkpoint_without_per_attribute_thresholds_says_so(small_root, tmp_path, run, capsys):
+    from skinseg.checkpoint import load_checkpoint
+
+    state = load_checkpoint(run / "best.pt")
+    state.pop("thresholds_per_attribute")
+    old = tmp_path / "old.pt"
+    torch.save(state, old)
+    err = one_line_error(capsys, ["predict", "--checkpoint", str(old), "--images",
+                                  str(small_root / "val" / SPLIT_FOLDERS["val"][0]), "--out", str(tmp_path / "s"),
+                                  "--operating-point", "per_attribute"])
+    assert "no per-attribute thresholds" in err and "--operating-point micro" in err
+    assert main(["evaluate", "--checkpoint", str(old), "--data", str(small_root)]) == 0
