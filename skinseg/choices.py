@@ -15,3 +15,4 @@ SPLIT_NAMES = ("train", "val", "test", "dev")
 AUGMENT_ON = ("cpu", "gpu")
 # decision thresholds: tuned for the overall micro Jaccard (the leaderboard's), or each attribute for its own Jaccard
 OPERATING_POINTS = ("micro", "per_attribute")
+CHECKPOINT_RULES = ("best", "last")

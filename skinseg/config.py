@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from skinseg.choices import (AMP_MODES, AUGMENT_ON, DEVICES, INITS, LOSSES, MODELS, OPTIMIZERS, RESIZE_MODES,
+from skinseg.choices import (AMP_MODES, AUGMENT_ON, CHECKPOINT_RULES, DEVICES, INITS, LOSSES, MODELS, OPTIMIZERS, RESIZE_MODES,
                              SAMPLERS, SCHEDULERS, SPLIT_NAMES, TTA_MODES)
 from skinseg.errors import ConfigError
 
@@ -170,6 +170,12 @@ class Config:
     # output
     output_dir: str = "runs"
     run_name: str | None = None
+    # which checkpoint stands for the run (notebooks 05/06, results rows): best (the best tuned validation score)
+    # or last (the final weights, EMA ones where EMA is on); recorded in done.json
+    checkpoint_rule: str = _choice(*CHECKPOINT_RULES, default="best")
+    # a CSV (below the project root, e.g. results/isic_cpu_architectures.csv) that gets this run's comparison row
+    # when training ends: dev and val at both operating points, the low-noise dev statistic, time; null: none
+    results_file: str | None = None
 
     def __post_init__(self) -> None:
         self.validate()

@@ -14,7 +14,7 @@ from IPython import get_ipython
 
 from skinseg.data.synth import ensure_synthetic
 from skinseg.paths import resolve
-from skinseg.runs import best_checkpoint, latest_run
+from skinseg.runs import chosen_checkpoint, latest_run
 
 PANDAS_PRECISION = 4
 
@@ -45,6 +45,7 @@ def resolve_data(data_root: str | os.PathLike | None) -> tuple[Path, bool]:
 
 
 def resolve_checkpoint(checkpoint: str | os.PathLike | None, output_dir: str | os.PathLike = "runs") -> Path:
-    """The given checkpoint, or else the best checkpoint of the newest run below ``output_dir``."""
+    """The given checkpoint, or else the chosen checkpoint (``checkpoint_rule``) of the newest run below
+    ``output_dir``."""
     path = resolve(checkpoint)
-    return path if path is not None else best_checkpoint(latest_run(output_dir))
+    return path if path is not None else chosen_checkpoint(latest_run(output_dir))

@@ -40,10 +40,11 @@ LAST_CHECKPOINT = "last.pt"
 END_MARKER = "done.json"
 LOCK_FILE = ".lock"
 # keys that do not change what a run learns: runs differing only in these are the same run
-IGNORED_WHEN_COMPARING = ("output_dir", "run_name", "load", "num_workers", "log_every", "checkpoint_every")
+IGNORED_WHEN_COMPARING = ("output_dir", "run_name", "load", "num_workers", "log_every", "checkpoint_every",
+                          "results_file")
 # keys a resumed run may set differently from its config.yaml (which then records the new values): where the run
 # and its data live and how it is run, not what the weights go through
-MAY_CHANGE_ON_RESUME = IGNORED_WHEN_COMPARING + ("data_root", "device", "compile")
+MAY_CHANGE_ON_RESUME = IGNORED_WHEN_COMPARING + ("data_root", "device", "compile", "checkpoint_rule")
 CSV_COLUMNS = (
     ["kind", "epoch", "step", "time", "loss", "lr", "train_loss", "val_loss", "epoch_seconds", "images_per_s",
      "val_seconds", "checkpoint_seconds"]
@@ -174,11 +175,14 @@ class RunFolder:
         with self.writing(METRICS_FILE):
             write_atomic(self.metrics_file, text.getvalue())
 
-    def mark_done(self, reason: str, epochs_run: int, best_epoch: int, best_score: float) -> None:
-        """Write the end marker: training is over (``reason``: completed or early_stop)."""
+    def mark_done(self, reason: str, epochs_run: int, best_epoch: int, best_score: float,
+                  checkpoint_rule: str = "best") -> None:
+        """Write the end marker: training is over (``reason``: completed or early_stop), and which checkpoint
+        stands for the run (``checkpoint_rule``), with the low-noise statistic beside the peak."""
         with self.writing(END_MARKER):
-            write_atomic(self.end_marker, json.dumps({"reason": reason, "epochs_run": epochs_run,
-                                                      "best_epoch": best_epoch, "best_score": best_score}))
+            write_atomic(self.end_marker, json.dumps({
+                "reason": reason, "epochs_run": epochs_run, "best_epoch": best_epoch, "best_score": best_score,
+                "checkpoint_rule": checkpoint_rule, f"last{LAST_VALIDATIONS}_mean": last_validations_mean(self.path)}))
 
     def clear_done(self) -> None:
         """A resumed run is running again: it is not done until it ends."""
@@ -190,6 +194,11 @@ class RunFolder:
         remove_dead_temp_files(self.path)
 
     # ---- reading ---------------------------------------------------------------------------
+    @property
+    def chosen(self) -> Path:
+        """The checkpoint that stands for the run, by its config's ``checkpoint_rule`` (best.pt by default)."""
+        return self.last if self.config().get("checkpoint_rule", "best") == "last" else self.best
+
     def config(self) -> dict[str, Any]:
         return yaml.safe_load(self.config_file.read_text())
 
@@ -250,6 +259,24 @@ def is_complete(run_dir: str | Path) -> bool:
 def best_checkpoint(run_dir: str | Path) -> Path:
     """The best checkpoint of a run folder."""
     return RunFolder(run_dir).best
+
+
+def chosen_checkpoint(run_dir: str | Path) -> Path:
+    """The checkpoint that stands for a run (its ``checkpoint_rule``: best.pt or last.pt)."""
+    return RunFolder(run_dir).chosen
+
+
+LAST_VALIDATIONS = 3  # the low-noise statistic: the mean tuned score of this many last validations
+
+
+def last_validations_mean(run_dir: str | Path, k: int = LAST_VALIDATIONS) -> float:
+    """Mean tuned validation score (dev, where the run holds one out) of the run's last ``k`` validations: far
+    less noisy than the peak of a curve that moves by a few hundredths from epoch to epoch."""
+    _, epochs = RunFolder(run_dir).metrics()
+    key = "val_tuned_jaccard" if "val_tuned_jaccard" in epochs and epochs["val_tuned_jaccard"].notna().any() \
+        else "val_jaccard"
+    scores = epochs[key].dropna()
+    return float(scores.iloc[-k:].mean()) if len(scores) else float("nan")
 
 
 def find_runs(output_dir: str | Path, with_checkpoint: bool = True) -> list[Path]:

@@ -136,3 +136,31 @@ def test_a_checkpoint_without_per_attribute_thresholds_says_so(small_root, tmp_p
                                   "--operating-point", "per_attribute"])
     assert "no per-attribute thresholds" in err and "--operating-point micro" in err
     assert main(["evaluate", "--checkpoint", str(old), "--data", str(small_root)]) == 0
+
+
+@pytest.mark.parametrize("rule", ["best", "last"])
+def test_a_run_writes_its_comparison_row_by_its_checkpoint_rule(tmp_path, cache_root, rule):
+    import pandas as pd
+
+    from conftest import write_split
+    from skinseg.runs import RunFolder
+    from skinseg.train import train
+
+    root = tmp_path / "isic"
+    write_split(root, "train", [(48, 40)] * 8 + [(40, 48)] * 4, seed=1)
+    write_split(root, "val", [(48, 40), (56, 42)], seed=2, first_id=100)
+    results = tmp_path / "results" / "runs.csv"
+    summary = train(tiny_config(root, tmp_path, epochs=4, dev_fraction=0.3, val_split="dev", checkpoint_rule=rule,
+                                results_file=str(results)), progress=False)
+    run = RunFolder(summary["run_dir"])
+    row = pd.read_csv(results).iloc[0]
+    _, epochs = run.metrics()
+    assert row["run"] == run.path.name and row["checkpoint_rule"] == rule and row["epochs"] == 4
+    assert row["checkpoint_epoch"] == (summary["best_epoch"] if rule == "best" else 4)
+    assert row["tune_last3"] == pytest.approx(epochs["val_tuned_jaccard"].iloc[-3:].mean(), abs=1e-4)
+    assert row["tune_peak"] == pytest.approx(summary["best_score"], abs=1e-4)
+    # the chosen checkpoint scored again on dev at its micro thresholds gives the tuned score logged for its epoch
+    logged = epochs.set_index("epoch").loc[row["checkpoint_epoch"], "val_tuned_jaccard"]
+    assert row["dev_micro_overall"] == pytest.approx(logged, abs=1e-4)
+    assert {"val_micro_overall", "val_each_macro", "dev_auc_pigment_network", "params"} <= set(row.index)
+    assert json.loads(run.end_marker.read_text())["checkpoint_rule"] == rule

@@ -104,7 +104,10 @@ class Trainer:
         try:
             reason = self.run_epochs()
             if self.rt.main:
-                self.run.mark_done(reason, self.epoch, self.best["epoch"], self.best["score"])
+                self.run.mark_done(reason, self.epoch, self.best["epoch"], self.best["score"],
+                                   self.cfg.checkpoint_rule)
+                if self.cfg.results_file:
+                    self._write_results_row()
         except KeyboardInterrupt:
             raise self._interrupted() from None
         finally:
@@ -371,6 +374,14 @@ class Trainer:
         if not self.rt.main:
             return RunFolder(path)
         return RunFolder.create(path, self.cfg.to_yaml_text())
+
+    def _write_results_row(self) -> None:
+        """The run's comparison row into ``results_file`` (evaluates its chosen checkpoint on dev and val)."""
+        from skinseg.results import append_row, run_row
+
+        path = append_row(self.cfg.results_file, run_row(self.run.path))
+        if self.progress:
+            tqdm.write(f"comparison row of {self.run.path.name} written to {path}")
 
     def _interrupted(self) -> Interrupted:
         """Ctrl-C: what is kept and how to go on, as one line."""
