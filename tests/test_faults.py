@@ -79,7 +79,8 @@ def test_early_stop_writes_the_end_marker_and_sweeps_count_the_run(small_root, t
     assert summary["epochs_run"] == 2  # no improvement at epoch 2 with patience 1
     run = RunFolder(summary["run_dir"])
     assert run.end() == {"reason": "early_stop", "epochs_run": 2, "best_epoch": 1,
-                         "best_score": pytest.approx(summary["best_score"])}
+                         "best_score": pytest.approx(summary["best_score"]), "checkpoint_rule": "best",
+                         "last3_mean": pytest.approx(run.metrics()[1]["val_jaccard"].mean())}  # untuned run
     assert run.is_complete()
     assert find_complete_run(Path(cfg.output_dir), cfg.to_dict()) == run.path
     assert list(curves(tmp_path / "sweep")) == ["a"]
