@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import io
+from contextlib import contextmanager
 import json
 import os
 import time
@@ -140,9 +141,15 @@ class RunFolder:
             os.close(self._lock)
             self._lock = None
 
+    @contextmanager
     def writing(self, name: str):
         """Context: an OSError while writing ``name`` becomes a one-line user error (full disk, read-only)."""
-        return _Writing(self, name)
+        try:
+            yield
+        except OSError as e:
+            raise os_error(e, f"{self.path / name}", self.path,
+                           "the run's files are as they were before this write; free space or make the folder "
+                           "writable, then resume from last.pt (config key `load`)") from None
 
     def update_config(self, config_yaml: str) -> None:
         """Record a resumed run's new values of :data:`MAY_CHANGE_ON_RESUME` keys."""
@@ -229,21 +236,6 @@ class RunFolder:
         from skinseg.checkpoint import checkpoint_epoch
 
         return self.last.exists() and (checkpoint_epoch(self.last) or 0) >= self.config()["epochs"]
-
-
-class _Writing:
-    def __init__(self, run: RunFolder, name: str):
-        self.run, self.name = run, name
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind, e, tb) -> bool:
-        if isinstance(e, OSError) and not isinstance(e, RunInUse):
-            raise os_error(e, f"{self.run.path / self.name}", self.run.path,
-                           "the run's files are as they were before this write; free space or make the folder "
-                           "writable, then resume from last.pt (config key `load`)") from None
-        return False
 
 
 # ---- module-level readers (what notebooks and sweeps call) -----------------------------------
