@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 
-from skinseg.checkpoint import (check_ensemble_target, decision_thresholds, ensemble_from_state, ensemble_state, load_for_inference,
-                               load_members, ready_for_inference, save_checkpoint)
+from skinseg.checkpoint import (check_ensemble_target, decision_thresholds, ensemble_from_state, ensemble_state,
+                                load_checkpoint, load_for_inference, load_members, ready_for_inference, save_checkpoint)
 from skinseg.data.augment import eval_transform
 from skinseg.data.cache import build_cache, read_mask
 from skinseg.data.dataset import ISICDataset, make_loader
@@ -46,10 +47,9 @@ def operating_points(result: EvalResult, checkpoint) -> dict[str, dict]:
     """The scores of an evaluation (at the micro operating point) at both operating points, with their
     thresholds: ``micro`` (tuned for the overall score, the leaderboard's) and ``per_attribute`` (each
     attribute's own best, what per-attribute and macro figures in later papers use), when the checkpoint has it.
-    The per-attribute scores come from the evaluation's threshold histograms: exact, ungated."""
-    from skinseg.checkpoint import load_checkpoint
-
-    state = load_checkpoint(checkpoint, mmap=True)
+    The per-attribute scores come from the evaluation's threshold histograms: exact, ungated. ``checkpoint``: a
+    path, or the checkpoint's state already loaded (a mapping)."""
+    state = checkpoint if isinstance(checkpoint, Mapping) else load_checkpoint(checkpoint, mmap=True)
     out = {"micro": {"thresholds": [float(t) for t in state["thresholds"]], "scores": result.scores}}
     each = state.get("thresholds_per_attribute")
     if each is not None:
@@ -236,14 +236,16 @@ def decision_variants(checkpoint, data_root, tuning_split: str, evaluated_split:
     Returns the table (columns ``<split role> overall`` / ``macro``, and ``chosen``), the evaluated split's
     :class:`Scores` per variant and its presence AUC per TTA mode.
     """
+    state = load_checkpoint(checkpoint, mmap=True)
     scores: dict[str, dict[tuple[str, str], Scores]] = {"tuning": {}, "evaluated": {}}
     auc: dict[str, dict[str, float]] = {}
     for role, split in (("tuning", tuning_split), ("evaluated", evaluated_split)):
         for tta in tta_modes:
             result = evaluate_checkpoint(checkpoint, data_root, split, tta=tta, device=device)
-            points = operating_points(result, checkpoint)
+            points = operating_points(result, state)
             if role == "evaluated":
                 auc[tta] = result.presence_auc()
+                holding = dict(zip(ATTRIBUTES, (int(n) for n in np.asarray(result.image_present).sum(0))))
             scores[role][("0.5", tta)] = result.sweep.scores([0.5] * len(ATTRIBUTES))
             for name, point in points.items():
                 scores[role][(name, tta)] = point["scores"]
@@ -254,7 +256,7 @@ def decision_variants(checkpoint, data_root, tuning_split: str, evaluated_split:
     table.index.names = ["thresholds", "TTA"]
     chosen = choose_variant(table)
     table["chosen"] = [key == chosen for key in table.index]
-    return DecisionVariants(table, chosen, scores["evaluated"], auc)
+    return DecisionVariants(table, chosen, scores["evaluated"], auc, holding)
 
 
 @dataclass
@@ -265,14 +267,23 @@ class DecisionVariants:
     chosen: tuple[str, str]  # chosen on the tuning split
     evaluated: dict[tuple[str, str], Scores]  # the evaluated split's scores per variant
     presence_auc: dict[str, dict[str, float]]  # the evaluated split's presence AUC per TTA mode
+    holding: dict[str, int] = field(default_factory=dict)  # images of the evaluated split holding each attribute
+
+    def absent(self) -> list[str]:
+        """The attributes no image of the evaluated split holds: their Jaccard (1 for an empty prediction of an empty
+        mask, 0 for any false positive) says nothing about the model."""
+        return [a for a in ATTRIBUTES if self.holding.get(a, 1) == 0]
 
     def per_attribute(self) -> pd.DataFrame:
-        """The evaluated split's Jaccard per attribute at both operating points, with the chosen TTA."""
-        tta = self.chosen[1]
-        columns = {f"{name} thresholds": {**s.jaccard, "micro_average (overall)": s.micro_jaccard,
-                                          "macro_average": s.macro_jaccard}
+        """The evaluated split's Jaccard per attribute at both operating points, with the chosen TTA, the number of
+        images holding each attribute and its presence AUC; an absent attribute's Jaccard is NaN (shown as absent)."""
+        tta, absent = self.chosen[1], self.absent()
+        columns = {f"{name} thresholds": {**{a: (np.nan if a in absent else v) for a, v in s.jaccard.items()},
+                                          "micro_average (overall)": s.micro_jaccard, "macro_average": s.macro_jaccard}
                    for (name, t), s in self.evaluated.items() if t == tta and name != "0.5"}
         columns["presence AUC"] = self.presence_auc[tta]
+        if self.holding:
+            columns["images holding it"] = self.holding
         return pd.DataFrame(columns)
 
 

@@ -9,7 +9,6 @@ feeds :func:`evaluate_model`, :func:`write_submission` and :func:`skinseg.predic
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,13 +17,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tqdm.auto import tqdm
 
 from skinseg.data.cache import SplitCache, read_mask
 from skinseg.data.isic import ATTRIBUTES, Split, ground_truth_folder_of, mask_name
 from skinseg.errors import DataError, DiskFullError, SkinsegError
-from skinseg.files import ensure_writable, is_disk_full, space_message, temp_sibling
+from skinseg.files import (check_replaceable, ensure_writable, is_disk_full, replace_folder, space_message,
+                           temp_sibling, write_marker)
 from skinseg.metrics import OfficialScore, Scores, ThresholdSweep, presence_auc
+from skinseg.progress import bar as progress_bar
 from skinseg.runtime import autocast
 
 TTA_FLIPS = {"none": [()], "hflip": [(), (3,)], "hvflip": [(), (3,), (2,), (2, 3)]}
@@ -103,7 +103,7 @@ def predict_batches(model: torch.nn.Module, loader, device: torch.device, tta: s
     inside the loop).
     """
     model.eval()
-    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
+    for batch in progress_bar(loader, desc=desc, leave=False, show=progress):
         x = batch["image"].to(device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -292,11 +292,8 @@ def check_submission_folder(out_dir: str | Path) -> Path:
     if truth is not None:
         raise DataError(f"{out_dir} is {'inside ' if truth != out_dir else ''}the ground-truth folder {truth}; "
                         "a submission must go to a folder of its own (e.g. reports/submission)")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DataError(f"{out_dir} exists and is not a folder; choose a new or empty folder for the submission")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / SUBMISSION_MARKER).exists():
-        raise DataError(f"{out_dir} is not empty and was not written by `skinseg predict`; choose a new or empty "
-                        "folder (a folder that skinseg wrote a submission into is replaced)")
+    check_replaceable(out_dir, SUBMISSION_MARKER, "the submission folder",
+                      "choose a new or empty folder (a folder that skinseg wrote a submission into is replaced)")
     ensure_writable(out_dir.parent, "the folder of --out", "choose another --out")
     return out_dir
 
@@ -317,20 +314,14 @@ def write_submission(model: torch.nn.Module, loader, out_dir: str | Path, device
     written = 0
     try:
         tmp.mkdir(parents=True)
-        (tmp / SUBMISSION_MARKER).write_text("written by skinseg predict; this folder may be replaced by it\n")
+        write_marker(tmp, SUBMISSION_MARKER, "written by skinseg predict; this folder may be replaced by it")
         for pb in predict_batches(model, loader, device, tta, amp_dtype, channels_last, progress=progress):
             for _, image_id, p, pres in at_original_size(cache, pb):
                 masks = decide(p, thresholds, pres, gates)[0].cpu().numpy()
                 for c, attribute in enumerate(ATTRIBUTES):
                     Image.fromarray(masks[c].astype(np.uint8) * 255, mode="L").save(tmp / mask_name(image_id, attribute))
                     written += 1
-        if out_dir.exists():
-            old = temp_sibling(out_dir, ".old")
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        replace_folder(tmp, out_dir)
     except OSError as e:
         if is_disk_full(e):
             raise DiskFullError(f"disk full while writing the submission ({space_message(out_dir.parent)}); "

@@ -49,3 +49,25 @@ def resolve_checkpoint(checkpoint: str | os.PathLike | None, output_dir: str | o
     ``output_dir``."""
     path = resolve(checkpoint)
     return path if path is not None else chosen_checkpoint(latest_run(output_dir))
+
+
+def config_table(cfg) -> pd.DataFrame:
+    """The keys of ``cfg`` that differ from Config's defaults, one a row (value and default): what this run is,
+    readable without scrolling through every key."""
+    from skinseg.config import Config
+
+    defaults = Config().to_dict()
+    rows = {k: {"value": _cell(v), "default": _cell(defaults.get(k))}
+            for k, v in cfg.to_dict().items() if v != defaults.get(k)}
+    table = pd.DataFrame(rows, index=["value", "default"]).T if rows else pd.DataFrame(columns=["value", "default"])
+    table.index.name = "key"
+    return table
+
+
+def _cell(value) -> str:
+    """A config value as one short table cell (lists and dicts as YAML flow text)."""
+    if isinstance(value, (list, tuple, dict)):
+        import yaml
+
+        return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+    return "null" if value is None else str(value)

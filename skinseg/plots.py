@@ -89,9 +89,9 @@ def example_grid(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], ids:
     return fig
 
 
-def _legend(fig) -> None:
+def _legend(fig, loc: str = "lower center") -> None:
     handles = [matplotlib.patches.Patch(color=c, label=lab) for c, lab in zip(_colours(), LABELS)]
-    fig.legend(handles=handles, loc="lower center", ncol=5, frameon=False)
+    fig.legend(handles=handles, loc=loc, ncol=5, frameon=False)
 
 
 def model_table_figure(stages: dict[str, list[tuple[str, int, int]]]):
@@ -164,19 +164,35 @@ def sweep_curves(curves: dict[str, pd.DataFrame], key: str = "val_jaccard"):
     return fig
 
 
-def qualitative_rows(images, truths, preds, ids, scores=None, alpha: float = 0.5):
-    """Course-project style: per row the image, the ground-truth masks and the predicted masks."""
+def results_curves(curves: dict[str, pd.Series], title: str = "tuned dev score per validated epoch"):
+    """Overlaid validation curves of the runs of a results table (see :func:`skinseg.results.curves`)."""
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for name, curve in curves.items():
+        ax.plot(curve.index, curve.values, "o-", ms=3, label=name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("overall Jaccard (tuned)")
+    ax.legend(fontsize=7)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def qualitative_rows(images, truths, preds, ids, scores=None, alpha: float = 0.5, title: str | None = None,
+                     score_name: str = "Jaccard"):
+    """Course-project style: per row the image, the ground-truth masks and the predicted masks; ``title`` above the
+    column headers, the legend below (constrained layout keeps them apart)."""
     n = len(images)
-    fig, axes = plt.subplots(n, 3, figsize=(10, 3.3 * n + 0.5), squeeze=False)
+    fig, axes = plt.subplots(n, 3, figsize=(10, 3.3 * n + 0.8), squeeze=False, layout="constrained")
     for k in range(n):
         axes[k, 0].imshow(images[k])
-        axes[k, 0].set_title(ids[k] + ("" if scores is None else f"  (mean Jaccard {scores[k]:.2f})"), fontsize=9)
+        axes[k, 0].set_title(ids[k] + ("" if scores is None else f"  ({score_name} {scores[k]:.2f})"), fontsize=9)
         axes[k, 1].imshow(overlay(images[k], truths[k], alpha=alpha))
         axes[k, 1].set_title("ground truth", fontsize=9)
         axes[k, 2].imshow(overlay(images[k], preds[k], alpha=alpha))
         axes[k, 2].set_title("prediction", fontsize=9)
         for ax in axes[k]:
             ax.axis("off")
-    _legend(fig)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    if title:
+        fig.suptitle(title, fontsize=11)
+    _legend(fig, "outside lower center")
     return fig

@@ -18,6 +18,7 @@ from skinseg.errors import Interrupted, ReportError
 from skinseg.files import claim_folder
 from skinseg.notebook import is_synthetic, resolve_checkpoint, resolve_data
 from skinseg.paths import IMAGES_DIR, NOTEBOOKS_DIR, PARAMS_DIR, REPORTS_DIR, resolve
+from skinseg.progress import quiet
 
 NOTEBOOKS = ("01_eda", "02_architectures", "03_train", "04_sweeps", "05_test_evaluation", "06_qualitative")
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "chromium-headless-shell", "google-chrome")
@@ -54,8 +55,9 @@ def execute(name: str, parameters: dict[str, Any], out_dir: Path, kernel: str = 
     from nbclient.exceptions import DeadKernelError
 
     try:
-        pm.execute_notebook(str(Path(source_dir) / f"{name}.ipynb"), str(out), parameters=params,
-                            kernel_name=kernel, cwd=str(source_dir), progress_bar=False)
+        with quiet():  # no tqdm frames in the report
+            pm.execute_notebook(str(Path(source_dir) / f"{name}.ipynb"), str(out), parameters=params,
+                                kernel_name=kernel, cwd=str(source_dir), progress_bar=False)
     except pm.PapermillExecutionError as e:
         if e.ename == "KeyboardInterrupt":
             raise Interrupted(f"notebook {name} was stopped in cell {e.exec_count}; nothing is damaged: run the same "

@@ -10,6 +10,7 @@ checkpoint. Numbers in the documentation come from these files, never typed by h
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,96 @@ from skinseg.data.isic import ATTRIBUTES
 from skinseg.files import write_atomic
 from skinseg.paths import resolve
 from skinseg.runs import LAST_VALIDATIONS, RunFolder, last_validations_mean
+
+
+CURVE_COLUMN = "tune_curve"  # the tuned validation score of every validated epoch, "epoch:score" space-separated
+RESULTS_DIR_NAME = "results"
+# what a reader compares first: the columns study_table shows, in order
+SUMMARY_COLUMNS = {
+    "config": "config", "model": "model", "encoder": "encoder", "pretrained": "pretrained", "seed": "seed",
+    "epochs": "epochs", "params": "params (M)", "s_per_epoch": "s/epoch", "wall_min": "wall (min)",
+    "checkpoint_rule": "rule", "checkpoint_epoch": "ckpt epoch", f"tune_last{LAST_VALIDATIONS}": "dev last-3",
+    "tune_peak": "dev peak", "dev_micro_overall": "dev micro", "dev_each_macro": "dev macro (per-attr)",
+    "val_micro_overall": "val micro", "val_each_macro": "val macro (per-attr)",
+}
+
+
+def curve_text(epochs: pd.DataFrame) -> str:
+    """A run's tuned validation curve as one CSV cell: ``epoch:score`` for every validated epoch."""
+    key = "val_tuned_jaccard" if "val_tuned_jaccard" in epochs else "val_jaccard"
+    done = epochs.dropna(subset=[key])
+    return " ".join(f"{int(e)}:{v:.4f}" for e, v in zip(done["epoch"], done[key]))
+
+
+def parse_curve(text) -> pd.Series:
+    """The curve of :func:`curve_text` back as a Series (epoch -> score); empty for a row without one."""
+    if not isinstance(text, str) or not text.strip():
+        return pd.Series(dtype=float)
+    pairs = [item.split(":") for item in text.split()]
+    return pd.Series([float(v) for _, v in pairs], index=[int(e) for e, _ in pairs], dtype=float)
+
+
+def run_config(row: pd.Series) -> str:
+    """The sweep file (run_name) a row came from; for rows written before the column, read from the run folder's
+    name (``<time>_<model>_<run_name>``)."""
+    config = row.get("config")
+    if isinstance(config, str) and config:
+        return config
+    parts = str(row["run"]).split("_", 2)
+    return parts[2] if len(parts) == 3 else str(row["run"])
+
+
+def read_results(path: str | Path) -> pd.DataFrame:
+    """A results CSV, with ``config`` filled for every row."""
+    table = pd.read_csv(resolve(path))
+    if len(table):
+        table["config"] = table.apply(run_config, axis=1)
+    return table
+
+
+def study_table(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per run with what a reader compares first (SUMMARY_COLUMNS), best first by dev last-3."""
+    have = {k: v for k, v in SUMMARY_COLUMNS.items() if k in table}
+    out = table[list(have)].rename(columns=have)
+    if "params (M)" in out:
+        out["params (M)"] = out["params (M)"] / 1e6
+    if "encoder" in out:
+        out["encoder"] = out["encoder"].fillna("")
+    return out.sort_values("dev last-3", ascending=False).reset_index(drop=True) if "dev last-3" in out else out
+
+
+def by_architecture(table: pd.DataFrame) -> pd.DataFrame:
+    """Runs grouped by what was trained (model, encoder, pretrained): seeds, mean and spread (max - min over
+    seeds) of dev last-3 and val micro, and mean val macro at the per-attribute operating point. A difference
+    between two architectures means something only where it exceeds both spreads."""
+    keys = ["model", "encoder", "pretrained"]
+    last = f"tune_last{LAST_VALIDATIONS}"
+    frame = table.assign(encoder=table["encoder"].fillna(""))
+    rows = []
+    for key, group in frame.groupby(keys, sort=False):
+        rows.append({**dict(zip(keys, key)), "seeds": len(group),
+                     "dev last-3": group[last].mean(), "dev spread": group[last].max() - group[last].min(),
+                     "val micro": group["val_micro_overall"].mean(),
+                     "val spread": group["val_micro_overall"].max() - group["val_micro_overall"].min(),
+                     "val macro (per-attr)": group["val_each_macro"].mean(),
+                     "wall (min)": group["wall_min"].mean()})
+    return pd.DataFrame(rows).sort_values("dev last-3", ascending=False).reset_index(drop=True)
+
+
+def study_tables(folder: str | Path = RESULTS_DIR_NAME) -> dict[str, pd.DataFrame]:
+    """Every results CSV of ``folder`` (below the project), name -> table, sorted by name."""
+    root = resolve(folder)
+    return {p.stem: read_results(p) for p in sorted(root.glob("*.csv"))} if root.is_dir() else {}
+
+
+def curves(table: pd.DataFrame) -> dict[str, pd.Series]:
+    """label (config, seed) -> tuned validation curve, for the rows that carry one."""
+    out = {}
+    for _, row in table.iterrows():
+        curve = parse_curve(row.get(CURVE_COLUMN))
+        if len(curve):
+            out[f"{run_config(row)} (seed {row['seed']})"] = curve
+    return out
 
 
 def run_row(run_dir: str | Path, progress: bool = False) -> dict[str, Any]:
@@ -42,16 +133,25 @@ def run_row(run_dir: str | Path, progress: bool = False) -> dict[str, Any]:
         "checkpoint_rule": cfg.get("checkpoint_rule", "best"), "checkpoint_epoch": int(state["epoch"]),
         f"tune_last{LAST_VALIDATIONS}": last_validations_mean(run.path),
         "tune_peak": float(epochs["val_tuned_jaccard"].max()) if "val_tuned_jaccard" in epochs else float("nan"),
-        "tune_split": cfg["val_split"],
+        "tune_split": cfg["val_split"], "config": cfg.get("run_name") or "",
+        CURVE_COLUMN: curve_text(epochs),
     }
     root = cfg["data_root"]
     for split in dict.fromkeys((cfg["val_split"], "val")):
         result = evaluate_checkpoint(checkpoint, resolve(root), split)
-        for name, point in operating_points(result, checkpoint).items():
+        for name, point in operating_points(result, state).items():
             s, tag = point["scores"], f"{split}_{'micro' if name == 'micro' else 'each'}"
             row[f"{tag}_overall"], row[f"{tag}_macro"] = s.overall, s.macro_jaccard
             row.update({f"{tag}_{a}": s.jaccard[a] for a in ATTRIBUTES})
         row.update({f"{split}_auc_{a}": v for a, v in result.presence_auc().items()})
+    # the two selection rules side by side on val, which neither selects on: best.pt (the dev peak) and last.pt,
+    # each at its own micro thresholds
+    for rule, path in (("best", run.best), ("last", run.last)):
+        same = path.resolve() == Path(checkpoint).resolve()
+        row[f"val_micro_{rule}_pt"] = (row["val_micro_overall"] if same else
+                                       evaluate_checkpoint(path, resolve(root), "val").scores.overall if path.exists()
+                                       else float("nan"))
+    row["best_epoch"] = int(load_checkpoint(run.best, mmap=True)["epoch"]) if run.best.exists() else -1
     return row
 
 
@@ -67,3 +167,54 @@ def append_row(results_file: str | Path, row: dict[str, Any]) -> Path:
     table.to_csv(text, index=False, float_format="%.4f")
     write_atomic(path, text.getvalue())
     return path
+
+
+# ---- the experiment log's tables, generated from results/*.csv ------------------------------------------------
+# docs/experiments.md holds blocks "<!-- results: NAME VIEW -->" ... "<!-- /results -->"; render_doc fills each with
+# the table of results/NAME.csv (VIEW: runs, the study_table, or architectures, by_architecture), so no figure in
+# the log is typed by hand. `make docs` rewrites the file; a test fails when it drifts from the CSVs.
+DOC_BLOCK = re.compile(r"(?P<open><!-- results: (?P<name>[\w.-]+) (?P<view>runs|architectures) -->\n)"
+                       r"(?P<body>.*?)(?P<close><!-- /results -->)", re.S)
+VIEWS = {"runs": study_table, "architectures": by_architecture}
+
+
+def markdown_table(table: pd.DataFrame, digits: int = 3) -> str:
+    """A DataFrame as a GitHub markdown table (no index), floats at ``digits`` decimals."""
+    def cell(v) -> str:
+        if isinstance(v, float):
+            return "" if v != v else f"{v:.{digits}f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def render_doc(text: str, folder: str | Path = RESULTS_DIR_NAME) -> str:
+    """``text`` with every results block refilled from ``folder``'s CSVs (a missing CSV: a line saying so)."""
+    root = resolve(folder)
+
+    def fill(m: re.Match) -> str:
+        path = root / f"{m['name']}.csv"
+        body = (markdown_table(VIEWS[m["view"]](read_results(path))) if path.exists()
+                else f"*(no runs yet: {RESULTS_DIR_NAME}/{path.name} does not exist)*\n")
+        return m["open"] + body + m["close"]
+
+    return DOC_BLOCK.sub(fill, text)
+
+
+def update_doc(path: str | Path) -> bool:
+    """Rewrite the results blocks of a markdown file; whether it changed."""
+    path = resolve(path)
+    old = path.read_text()
+    new = render_doc(old)
+    if new != old:
+        write_atomic(path, new)
+    return new != old
+
+
+if __name__ == "__main__":  # python -m skinseg.results docs/experiments.md  (make docs)
+    import sys
+
+    for name in sys.argv[1:] or ["docs/experiments.md"]:
+        print(f"{name}: {'updated' if update_doc(name) else 'up to date'}")

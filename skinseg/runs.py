@@ -329,14 +329,17 @@ def find_complete_run(output_dir: str | Path, params: dict[str, Any]) -> Path | 
 
 
 def run_summary(run_dir: str | Path) -> dict:
-    """Best validation scores of a run (by tuned overall Jaccard when tuned, else at 0.5) and time per epoch."""
+    """A run's mean tuned validation score over its last three validations, its best validation scores (by tuned
+    overall Jaccard when tuned, else at 0.5) and time per epoch."""
     folder = RunFolder(run_dir)
     cfg = folder.config()
     _, epochs = folder.metrics()
     key = "val_tuned_jaccard" if cfg.get("tune_thresholds", True) and "val_tuned_jaccard" in epochs else "val_jaccard"
     best = epochs.loc[epochs[key].idxmax()]
     end = folder.end()
-    row = {"run": folder.path.name, "model": cfg["model"], "epochs": len(epochs), "best_epoch": int(best["epoch"]),
+    row = {"run": folder.path.name, "model": cfg["model"], "epochs": len(epochs), "val_split": cfg.get("val_split"),
+           f"last{LAST_VALIDATIONS}_val_jaccard": last_validations_mean(folder.path),
+           "best_epoch": int(best["epoch"]),
            "best_val_jaccard": float(best[key]), "val_jaccard@0.5": float(best["val_jaccard"]),
            "seconds_per_epoch": float(epochs["epoch_seconds"].mean()),
            "ended": end["reason"] if end else "unfinished"}

@@ -6,22 +6,25 @@ Each run's parameters are ``base`` (a params YAML, e.g. params/demo.yaml) update
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from skinseg.config import Config, read_params
 from skinseg.errors import ConfigError, SweepError
-from skinseg.files import claim_folder
+from skinseg.files import claim_folder, write_atomic
 from skinseg.paths import NOTEBOOKS_DIR, PARAMS_DIR, REPORTS_DIR, resolve
-from skinseg.runs import RunFolder, find_complete_run, read_metrics, run_summary
+from skinseg.progress import ENV as PROGRESS_ENV, bar as progress_bar, quiet
+from skinseg.runs import (LAST_VALIDATIONS, MAY_CHANGE_ON_RESUME, RunFolder, find_complete_run, read_metrics,
+                          run_summary)
 
 
 SWEEP_MARKER = ".skinseg-sweep"  # in a sweep's --out outside reports/: the sweep may write there again
 
 
+COMPARISON_FILE = "comparison.csv"  # in each sweep's output folder
 SWEEP_RECORD = "_sweep.yaml"  # in each sweep folder: its base params file and the overrides every run takes
 
 
@@ -40,12 +43,35 @@ def sweep_record(name: str) -> tuple[Path, dict[str, Any]]:
     path = PARAMS_DIR / "sweeps" / name / SWEEP_RECORD
     if not path.exists():
         return PARAMS_DIR / "demo.yaml", {}
-    record = read_params(path)
-    unknown = set(record) - {"base", "overrides"}
-    if unknown or not isinstance(record.get("base"), str) or not isinstance(record.get("overrides", {}), dict):
-        raise ConfigError(f"{path}: needs `base: <params file below params/>` and optionally `overrides:` (a "
-                          f"mapping){'; unknown: ' + ', '.join(sorted(unknown)) if unknown else ''}")
+    record = _read_record(path)
     return PARAMS_DIR / record["base"], dict(record.get("overrides") or {})
+
+
+def sweep_table(name: str) -> Path | None:
+    """Where a sweep's comparison table goes below the project (``table:`` of its ``_sweep.yaml``, e.g.
+    ``results/sweep_isic_cpu.csv``), when the sweep runs as recorded; None for a sweep without one."""
+    path = PARAMS_DIR / "sweeps" / name / SWEEP_RECORD
+    table = _read_record(path).get("table") if path.exists() else None
+    return resolve(table) if table else None
+
+
+def _read_record(path: Path) -> dict[str, Any]:
+    record = read_params(path)
+    unknown = set(record) - {"base", "overrides", "table"}
+    if (unknown or not isinstance(record.get("base"), str) or not isinstance(record.get("overrides", {}), dict)
+            or not isinstance(record.get("table", ""), str)):
+        raise ConfigError(f"{path}: needs `base: <params file below params/>` and optionally `overrides:` (a "
+                          "mapping) and `table: <results CSV below the project>`"
+                          f"{'; unknown: ' + ', '.join(sorted(unknown)) if unknown else ''}")
+    return record
+
+
+def as_recorded(name: str, base: str | Path | None, overrides: dict | None) -> bool:
+    """Whether a sweep runs with what its files pin: its recorded base, and overrides only of where and how it
+    executes (data_root, device, workers, ...), which do not change what a run learns."""
+    if base is not None and resolve(base) != sweep_record(name)[0].resolve():
+        return False
+    return all(k in MAY_CHANGE_ON_RESUME for k in (overrides or {}))
 
 
 def load_params(path: str | Path | None) -> dict[str, Any]:
@@ -91,11 +117,12 @@ def run_sweep(name: str, base: str | Path | None = None, overrides: dict | None 
     if runner == "papermill":
         import papermill as pm
 
-        for stem, params in tqdm(todo.items(), desc=f"sweep {name}", disable=not progress):
+        for stem, params in progress_bar(todo.items(), desc=f"sweep {name}", show=progress):
             notebook = out_dir / f"{stem}.ipynb"
             try:
-                pm.execute_notebook(str(NOTEBOOKS_DIR / "03_train.ipynb"), str(notebook), parameters=params,
-                                    kernel_name=kernel, cwd=str(NOTEBOOKS_DIR), progress_bar=False)
+                with quiet():  # no tqdm frames in the executed notebook
+                    pm.execute_notebook(str(NOTEBOOKS_DIR / "03_train.ipynb"), str(notebook), parameters=params,
+                                        kernel_name=kernel, cwd=str(NOTEBOOKS_DIR), progress_bar=False)
             except pm.PapermillExecutionError as e:
                 raise SweepError(f"sweep {name}: run {stem} failed in cell {e.exec_count}: {e.ename}: "
                                  f"{str(e.evalue).splitlines()[0] if e.evalue else ''}; partly executed notebook: "
@@ -108,7 +135,20 @@ def run_sweep(name: str, base: str | Path | None = None, overrides: dict | None 
         runs[stem] = find_complete_run(Path(params["output_dir"]), params)
         if runs[stem] is None:
             raise SweepError(f"sweep {name}: {stem} ran but left no complete run in {params['output_dir']}")
-    return comparison(runs)
+    table = comparison(runs)
+    write_table(table, out_dir / COMPARISON_FILE)
+    target = sweep_table(name)
+    if target is not None and as_recorded(name, base, overrides):
+        write_table(table, target)
+        if progress:
+            print(f"comparison table of sweep {name} written to {target}", flush=True)
+    return table
+
+
+def write_table(table: pd.DataFrame, path: Path) -> None:
+    """A comparison table as CSV (4 decimals), written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, table.to_csv(float_format="%.4f"))
 
 
 def _train_in_processes(todo: dict[str, dict], out_dir: Path, jobs: int, progress: bool) -> None:
@@ -127,7 +167,8 @@ def _train_in_processes(todo: dict[str, dict], out_dir: Path, jobs: int, progres
             print(f"started {stem} (log: {log})", flush=True)
         with open(log, "w") as f:
             code = subprocess.run([sys.executable, "-m", "skinseg", "train", "--config", str(config)],
-                                  stdout=f, stderr=subprocess.STDOUT).returncode
+                                  stdout=f, stderr=subprocess.STDOUT,
+                                  env={**os.environ, PROGRESS_ENV: "0"}).returncode  # no bar frames in the log
         if progress:
             print(f"{stem}: {'failed' if code else 'done'} (exit {code})", flush=True)
         return code
@@ -151,10 +192,11 @@ def _last_line(log: Path) -> str:
 
 
 def comparison(runs: dict[str, Path]) -> pd.DataFrame:
-    """Best validation overall Jaccard, per-attribute Jaccard at that epoch and time per epoch, per run."""
+    """One row per run, best first by the mean tuned validation score of its last three validations (far less
+    noisy than a curve's peak), with the peak, its epoch, per-attribute Jaccard there and time per epoch."""
     rows = [{"config": name, **run_summary(path)} for name, path in runs.items()]
-    return pd.DataFrame(rows).set_index("config").drop(columns=["run"]).sort_values("best_val_jaccard",
-                                                                                   ascending=False)
+    return pd.DataFrame(rows).set_index("config").drop(columns=["run"]).sort_values(
+        [f"last{LAST_VALIDATIONS}_val_jaccard", "best_val_jaccard"], ascending=False)
 
 
 def curves(runs_root: str | Path) -> dict[str, pd.DataFrame]:

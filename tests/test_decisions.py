@@ -84,7 +84,11 @@ def test_the_variant_is_chosen_on_the_tuning_split_not_on_the_reported_one(monke
         def presence_auc(self):
             return {a: 0.5 for a in ATTRIBUTES}
 
+        # the evaluated split holds no streaks: its Jaccard is shown as absent, not as 1.000
+        image_present = np.array([[1, 1, 0, 0, 1], [1, 0, 0, 1, 0]], dtype=bool)
+
     monkeypatch.setattr(ev, "evaluate_checkpoint", lambda ckpt, root, split, tta, device: Result(split, tta))
+    monkeypatch.setattr(ev, "load_checkpoint", lambda path, mmap=False: {"thresholds": [0.5] * 5})
     monkeypatch.setattr(ev, "operating_points", lambda r, ckpt: {
         name: {"thresholds": [0.5] * 5, "scores": _scores(r.score(name))} for name in ("micro", "per_attribute")})
     variants = ev.decision_variants("ckpt", "root", "val", "test")
@@ -93,6 +97,12 @@ def test_the_variant_is_chosen_on_the_tuning_split_not_on_the_reported_one(monke
     assert variants.table["evaluated overall"].idxmax() == ("per_attribute", "hflip")  # test would pick this
     assert variants.evaluated[variants.chosen].overall == variants.table.loc[("micro", "none"), "evaluated overall"]
     assert len(variants.table) == 9
+    assert variants.holding == dict(zip(ATTRIBUTES, [2, 1, 0, 1, 1])) and variants.absent() == ["streaks"]
+    table = variants.per_attribute()
+    assert np.isnan(table.loc["streaks", "micro thresholds"]) and table.loc["streaks", "images holding it"] == 0
+    # test's scores of the chosen TTA (none) at micro thresholds: 0.2 + 0.01 * len("micro")
+    assert table.loc["globules", "micro thresholds"] == pytest.approx(0.25)
+    assert table.loc["micro_average (overall)", "micro thresholds"] == pytest.approx(0.25)
 
 
 @pytest.fixture
@@ -164,3 +174,46 @@ def test_a_run_writes_its_comparison_row_by_its_checkpoint_rule(tmp_path, cache_
     assert row["dev_micro_overall"] == pytest.approx(logged, abs=1e-4)
     assert {"val_micro_overall", "val_each_macro", "dev_auc_pigment_network", "params"} <= set(row.index)
     assert json.loads(run.end_marker.read_text())["checkpoint_rule"] == rule
+    # the row carries its curve and its config, so the study's figures need no run folder
+    from skinseg.results import parse_curve, read_results
+
+    curve = parse_curve(row["tune_curve"])
+    assert list(curve.index) == [1, 2, 3, 4]
+    assert curve.values == pytest.approx(epochs["val_tuned_jaccard"].to_numpy(), abs=1e-4)
+    assert read_results(results)["config"].tolist() == [run.path.name.split("_", 2)[2]]  # no run_name: the folder's
+    # both rules scored on val: the chosen one is the row's val score, the other its own checkpoint's
+    from skinseg.evaluation import evaluate_checkpoint
+
+    other = run.best if rule == "last" else run.last
+    assert row[f"val_micro_{rule}_pt"] == pytest.approx(row["val_micro_overall"], abs=1e-12)
+    assert row[f"val_micro_{'best' if rule == 'last' else 'last'}_pt"] == pytest.approx(
+        evaluate_checkpoint(other, root, "val").scores.overall, abs=1e-4)
+    assert row["best_epoch"] == summary["best_epoch"]
+
+
+def test_study_tables_group_architectures_with_their_seed_spread():
+    import pandas as pd
+
+    from skinseg.results import by_architecture, curves, run_config, study_table
+
+    rows = [dict(run=f"20261201-1{k}0000_{m}_{c}", config=None if k == 0 else c, model=m, encoder=e, pretrained=p,
+                 seed=s, epochs=13, params=2e6, s_per_epoch=200.0, wall_min=w, checkpoint_rule="last",
+                 checkpoint_epoch=13, tune_last3=d, tune_peak=d + 0.01, dev_micro_overall=d, dev_each_macro=0.1,
+                 val_micro_overall=v, val_each_macro=0.12, tune_curve=curve)
+            for k, (m, e, p, c, s, d, v, w, curve) in enumerate([
+                ("unet", None, False, "a_unet", 42, 0.30, 0.31, 100.0, "1:0.2000 2:0.3000"),
+                ("unet", None, False, "a_unet_seed7", 7, 0.34, 0.33, 110.0, ""),
+                ("unet-convnext-attention", "tf_efficientnet_lite0", True, "d_lite0", 42, 0.36, 0.35, 60.0,
+                 "2:0.3500")])]
+    table = pd.DataFrame(rows)
+    assert run_config(table.iloc[0]) == "a_unet" and run_config(table.iloc[1]) == "a_unet_seed7"
+    shown = study_table(table)
+    assert shown["dev last-3"].tolist() == [0.36, 0.34, 0.30] and shown["params (M)"].iloc[0] == 2.0
+    grouped = by_architecture(table).set_index("model")
+    assert grouped.loc["unet", "seeds"] == 2 and grouped.loc["unet", "dev last-3"] == pytest.approx(0.32)
+    assert grouped.loc["unet", "dev spread"] == pytest.approx(0.04)
+    assert grouped.loc["unet", "val spread"] == pytest.approx(0.02)
+    assert grouped.loc["unet-convnext-attention", "dev spread"] == 0.0
+    found = curves(table.assign(config=table.apply(run_config, axis=1)))
+    assert list(found) == ["a_unet (seed 42)", "d_lite0 (seed 42)"]
+    assert found["a_unet (seed 42)"].to_dict() == {1: 0.2, 2: 0.3}

@@ -159,7 +159,8 @@ def test_predict_refuses_ground_truth_and_foreign_folders_and_replaces_its_own(s
     foreign.mkdir()
     (foreign / mask_name("ISIC_0000100", "streaks")).write_bytes(b"not mine")
     err = _one_line_error(capsys, ["predict", "--checkpoint", best, "--images", str(images), "--out", str(foreign)])
-    assert "was not written by `skinseg predict`" in err and (foreign / mask_name("ISIC_0000100", "streaks")).exists()
+    assert "holds files that skinseg did not write there (no .skinseg-submission marker)" in err
+    assert (foreign / mask_name("ISIC_0000100", "streaks")).exists()
     # its own folder is replaced, whole
     out = tmp_path / "submission"
     assert main(["predict", "--checkpoint", best, "--images", str(images), "--out", str(out)]) == 0

@@ -93,8 +93,7 @@ def test_a_second_process_cannot_resume_a_run_that_is_training(small_root, tmp_p
         assert holder.stdout.readline().strip() == "locked"
         rows = _rows(finished)
         with pytest.raises(RunInUse, match=f"pid {holder.pid}"):
-            _train(tiny_config(small_root, tmp_path, log_every=1, epochs=3, load=str(finished.last)).replace(
-                epochs=2))
+            _train(tiny_config(small_root, tmp_path, log_every=1, load=str(finished.last)))
         assert _rows(finished) == rows
     finally:
         holder.kill()

@@ -180,7 +180,16 @@ def test_every_sweep_records_its_base_and_sweep_runs_on_it(monkeypatch):
     monkeypatch.setattr(sweeps, "find_complete_run", lambda out, params: seen.setdefault(params["run_name"], params))
     monkeypatch.setattr(sweeps, "comparison", lambda runs: runs)
     monkeypatch.setattr(sweeps, "claim_folder", lambda folder, *a, **k: Path(folder))
+    written = []
+    monkeypatch.setattr(sweeps, "write_table", lambda table, path: written.append(path))
     sweeps.run_sweep("isic_cpu", out_dir=Path("/nonexistent"), progress=False)  # every run found done: no training
+    # as recorded: the table goes to the sweep's folder and to the results/ file its record names
+    assert written == [Path("/nonexistent") / sweeps.COMPARISON_FILE, PROJ_ROOT / "results" / "sweep_isic_cpu.csv"]
+    written.clear()
+    sweeps.run_sweep("isic_cpu", out_dir=Path("/nonexistent"), overrides={"lr": 0.01}, progress=False)
+    assert written == [Path("/nonexistent") / sweeps.COMPARISON_FILE]  # not what the files pin: not in results/
+    seen.clear()
+    sweeps.run_sweep("isic_cpu", out_dir=Path("/nonexistent"), progress=False)
     cpu128 = yaml.safe_load((PARAMS_DIR / "isic_cpu_128.yaml").read_text())
     assert len(seen) == 7 and seen["a_baseline"]["image_size"] == cpu128["image_size"]
     assert seen["f_crop128_at256"]["image_size"] == 256  # a sweep file's own value

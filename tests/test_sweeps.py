@@ -1,4 +1,5 @@
 """Sweeps run through `skinseg train` processes (runner cli), several at once, and reuse finished runs."""
+import pandas as pd
 import pytest
 import yaml
 
@@ -23,7 +24,8 @@ def test_cli_runner_trains_configs_in_parallel_and_reuses_them(small_root, tmp_p
     table = sweeps.run_sweep("mini", base=base, out_dir=out, runner="cli", jobs=2, progress=False)
     assert sorted(table.index) == ["a_plain", "b_jaccard"] and (table["ended"] == "completed").all()
     assert yaml.safe_load((out / "b_jaccard.yaml").read_text())["loss"] == {"log_jaccard": 1.0}
-    assert (out / "a_plain.log").exists()
+    log = (out / "a_plain.log").read_text()
+    assert "epoch 1:" in log and "\r" not in log and "it/s" not in log  # the epoch line, no progress-bar frames
     runs = {name: sorted((out / name / "runs").iterdir()) for name in table.index}
     assert all(len(r) == 1 for r in runs.values())
     again = sweeps.run_sweep("mini", base=base, out_dir=out, runner="cli", jobs=2, progress=False)
@@ -49,3 +51,26 @@ def test_a_sweep_file_is_checked_merged_with_its_base(tmp_path):
     f.write_text("crop_foregound_p: 0.33\n")
     with pytest.raises(sweeps.ConfigError, match=r"fg\.yaml.*crop_foregound_p"):
         sweeps.run_parameters({"image_size": 64, "crop_size": 32}, f, None, tmp_path / "out")
+
+
+def test_a_sweep_run_as_recorded_writes_its_table_to_results_and_a_changed_one_does_not(
+        small_root, tmp_path, cache_root, monkeypatch):
+    """The comparison table goes to the record's `table:` (below the project) only when the sweep ran with the
+    values its files pin; an override of what a run learns keeps it in the sweep's own folder."""
+    base = _sweep(tmp_path, monkeypatch, small_root, {"a": {}, "b": {"lr": 0.01}})
+    (tmp_path / "params" / "sweeps" / "mini" / "_sweep.yaml").write_text(
+        f"base: base.yaml\ntable: {tmp_path / 'results' / 'sweep_mini.csv'}\n")
+    target = tmp_path / "results" / "sweep_mini.csv"
+    changed = sweeps.run_sweep("mini", overrides={"epochs": 2}, out_dir=tmp_path / "out2", runner="cli",
+                               progress=False)
+    assert not target.exists() and (tmp_path / "out2" / sweeps.COMPARISON_FILE).exists()
+    assert (changed["epochs"] == 2).all()
+    table = sweeps.run_sweep("mini", overrides={"num_workers": 0}, out_dir=tmp_path / "out", runner="cli",
+                             progress=False)
+    written = pd.read_csv(target, index_col="config")
+    assert sorted(written.index) == ["a", "b"]
+    assert written.loc["a", "last3_val_jaccard"] == pytest.approx(table.loc["a", "last3_val_jaccard"], abs=1e-4)
+    # best first by the mean of the last three validations
+    assert list(table.index) == list(table.sort_values("last3_val_jaccard", ascending=False).index)
+    assert sweeps.as_recorded("mini", base, {"device": "cpu"})
+    assert not sweeps.as_recorded("mini", tmp_path / "other.yaml", None)

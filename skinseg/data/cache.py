@@ -32,13 +32,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 
 from skinseg.choices import RESIZE_MODES
 from skinseg.data.isic import ATTRIBUTES, Split, missing_masks, name_list
 from skinseg.errors import DataError, DiskFullError, SkinsegWarning
 from skinseg.files import ensure_space, ensure_writable, is_disk_full, remove_dead_temp_files, space_message
 from skinseg.paths import cache_dir
+from skinseg.progress import bar as progress_bar
 
 CACHE_VERSION = 2
 
@@ -399,7 +399,7 @@ def _write_rows(split: Split, size: int, mode: str, images: _NpyWriter, masks: _
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
         results = pool.map(lambda i: _load_sample(split, i, size, mode), split.ids)
-        bar = tqdm(results, total=n, desc=f"caching {split.name} at {size}px", disable=not progress, unit="img")
+        bar = progress_bar(results, total=n, desc=f"caching {split.name} at {size}px", show=progress, unit="img")
         for k, (img, hw, m, pres, frac, odd) in enumerate(bar):
             images[k] = img
             original_hw.append(list(hw))

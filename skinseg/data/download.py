@@ -24,6 +24,7 @@ from typing import Iterable
 from tqdm.auto import tqdm
 
 from skinseg.data.isic import SPLITS, DataError
+from skinseg.progress import bar as progress_bar
 
 BASE_URL = "https://isic-challenge-data.s3.amazonaws.com/2018/"
 CHALLENGE_PAGE = "https://challenge.isic-archive.com/data/#2018"
@@ -172,8 +173,8 @@ def _fetch_into(url: str, part: Path, expected_size: int | None, progress: bool,
         if total is not None:
             _check_free_space(part.parent, total - have)
         name = part.name.removesuffix(".part")
-        with open(part, mode) as f, tqdm(total=total, initial=have, desc=name, unit="B", unit_scale=True,
-                                         unit_divisor=1024, disable=not progress, leave=False) as bar:
+        with open(part, mode) as f, progress_bar(total=total, initial=have, desc=name, unit="B", unit_scale=True,
+                                                 unit_divisor=1024, show=progress, leave=False) as bar:
             try:
                 while chunk := response.read(CHUNK_BYTES):
                     f.write(chunk)
@@ -218,8 +219,8 @@ def extract_zip(zip_path: str | Path, split_dir: str | Path, *, progress: bool =
         tmp = Path(tempfile.mkdtemp(prefix=f".{top}.", suffix=".tmp", dir=split_dir))
         base = tmp if single_top else tmp / top
         try:
-            for info, rel in tqdm(members, desc=f"extracting {zip_path.name}", unit="file", disable=not progress,
-                                  leave=False):
+            for info, rel in progress_bar(members, desc=f"extracting {zip_path.name}", unit="file", show=progress,
+                                          leave=False):
                 out = base.joinpath(*rel.parts)
                 if info.is_dir():
                     out.mkdir(parents=True, exist_ok=True)

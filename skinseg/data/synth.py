@@ -16,13 +16,13 @@ from typing import Any, Mapping, Sequence
 
 import cv2
 import numpy as np
-from tqdm.auto import tqdm
 
 from skinseg.data.isic import ATTRIBUTES, SPLIT_FOLDERS, SPLITS, mask_name
 from skinseg.errors import ConfigError, DataError
 from skinseg.files import (check_replaceable, ensure_writable, remove_dead_temp_files, replace_folder, temp_sibling,
                            write_marker)
 from skinseg.paths import SYNTH_DIR
+from skinseg.progress import bar as progress_bar
 
 # Fraction of ISIC 2018 Task 2 training images in which each attribute is present.
 DEFAULT_PREVALENCE: dict[str, float] = {
@@ -226,7 +226,7 @@ def write_synthetic(
     remove_dead_temp_files(root)
     for stale in root.glob(".*.partial"):
         shutil.rmtree(stale, ignore_errors=True)
-    with tqdm(total=sum(counts.values()), desc="synthetic ISIC", unit="img", disable=not progress) as bar:
+    with progress_bar(total=sum(counts.values()), desc="synthetic ISIC", unit="img", show=progress) as bar:
         for split, n in counts.items():
             if n:
                 _write_split(root, split, n, seed, width_range, sizes, probs, bar)

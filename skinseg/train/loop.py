@@ -27,6 +27,7 @@ from skinseg.inference import GATE_CUTOFFS, NonFiniteOutputError, OriginalMasks,
 from skinseg.losses import CombinedLoss
 from skinseg.models import model_from_config
 from skinseg.paths import resolve
+from skinseg.progress import bar as progress_bar
 from skinseg.runs import RunFolder, config_changes, find_complete_run
 from skinseg.runtime import Runtime, amp_for_model, autocast, cleanup, seed_everything, setup_runtime
 from skinseg.train.optim import Schedule, build_optimizer, ema_model
@@ -151,8 +152,8 @@ class Trainer:
         """
         start = time.perf_counter()
         n = len(self.train_loader)
-        bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", leave=False,
-                   disable=not self.progress)
+        bar = progress_bar(self.train_loader, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", leave=False,
+                           show=self.progress)
         self.optimizer.zero_grad(set_to_none=True)
         # the image-weighted loss since the last read stays on the device; the epoch's total is the sum of the
         # reads (the last batch is always read)

@@ -1,0 +1,83 @@
+"""What makes an executed notebook read as a report: no progress-bar frames, the config as the keys that differ,
+qualitative figures of images that hold an attribute."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from skinseg import progress
+from skinseg.config import Config
+from skinseg.data.isic import ATTRIBUTES
+from skinseg.notebook import config_table
+from skinseg.predictions import PredictionSet
+
+
+def test_bars_are_off_inside_quiet_and_the_environment_is_restored(capsys, monkeypatch):
+    monkeypatch.delenv(progress.ENV, raising=False)
+    assert progress.enabled() and not progress.enabled(False)
+    with progress.quiet():
+        assert os.environ[progress.ENV] == "0" and not progress.enabled()
+        assert list(progress.bar(range(3), desc="quiet bar")) == [0, 1, 2]
+    assert progress.ENV not in os.environ and progress.enabled()
+    assert "quiet bar" not in capsys.readouterr().err
+    monkeypatch.setenv(progress.ENV, "1")
+    with progress.quiet():
+        pass
+    assert os.environ[progress.ENV] == "1"
+
+
+def test_config_table_holds_only_the_changed_keys_one_a_row():
+    cfg = Config().replace(epochs=13, loss={"bce": 1.0, "log_jaccard": 1.0}, crop_size=128)
+    table = config_table(cfg)
+    assert list(table.columns) == ["value", "default"]
+    assert set(table.index) == {"epochs", "loss", "crop_size"}
+    assert table.loc["epochs", "value"] == "13" and table.loc["epochs", "default"] == str(Config().epochs)
+    assert table.loc["loss", "value"] == "{bce: 1.0, log_jaccard: 1.0}" and table.loc["crop_size", "default"] == "null"
+    assert config_table(Config()).empty
+
+
+def _set() -> PredictionSet:
+    """Four 4x4 images: 0 holds nothing and is predicted empty (mean_jaccard 1.00: the old 'best'); 1 holds
+    pigment network found perfectly; 2 holds globules half found, with a false pigment network; 3 holds streaks
+    missed."""
+    n, s = 4, 4
+    truth, pred = np.zeros((n, 5, s, s), bool), np.zeros((n, 5, s, s), bool)
+    truth[1, 0, :2], pred[1, 0, :2] = True, True
+    truth[2, 4, :2], pred[2, 4, :1], pred[2, 0, 3] = True, True, True
+    truth[3, 2, :1] = True
+    jac = np.ones((n, 5))
+    jac[2, 4], jac[2, 0], jac[3, 2] = 0.5, 0.0, 0.0
+    ids = [f"ISIC_{k:07d}" for k in range(n)]
+    scores = pd.DataFrame(jac, index=pd.Index(ids, name="id"), columns=list(ATTRIBUTES))
+    scores["mean_jaccard"] = jac.mean(1)
+    return PredictionSet("val", ids, np.zeros((n, s, s, 3), np.uint8), truth, pred, scores=scores)
+
+
+def test_images_are_ranked_by_the_attributes_they_hold_not_by_empty_agreement():
+    preds = _set()
+    score = preds.attribute_jaccard()
+    assert np.isnan(score["ISIC_0000000"]) and score["ISIC_0000001"] == 1.0
+    assert score["ISIC_0000002"] == pytest.approx(0.25) and score["ISIC_0000003"] == 0.0
+    assert preds.scores["mean_jaccard"].idxmax() == "ISIC_0000000"  # what the figures used to show as best
+    assert preds.ranked(2) == ["ISIC_0000001", "ISIC_0000002"]
+    assert preds.ranked(3, worst=True) == ["ISIC_0000003", "ISIC_0000002", "ISIC_0000001"]
+
+
+def test_qualitative_title_sits_above_the_column_headers():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from skinseg import plots
+
+    preds = _set()
+    fig = plots.qualitative_rows(list(preds.images[:2]), list(preds.truth[:2]), list(preds.pred[:2]), preds.ids[:2],
+                                 [1.0, 0.25], title="Best images (holding an attribute)")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    title = fig._suptitle.get_window_extent(renderer)
+    headers = [ax.title.get_window_extent(renderer) for ax in fig.axes[:3]]
+    assert all(title.y0 >= h.y1 for h in headers), (title, headers)
+    assert "Jaccard 0.25" in fig.axes[3].get_title()
