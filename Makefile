@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export NO_ALBUMENTATIONS_UPDATE := 1
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup test test-fast report bench clean
+.PHONY: setup test test-fast report docs bench clean
 
 setup: $(VENV)/.installed
 
@@ -21,6 +21,9 @@ $(VENV)/.installed: pyproject.toml
 test: setup
 	$(PY) -m pytest -q --durations=10 tests
 	$(PY) -m pytest -q --nbval-lax notebooks
+
+docs: setup
+	$(PY) -m skinseg.results docs/experiments.md
 
 report: setup
 	$(PY) -m skinseg report

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from skinseg.choices import (AMP_MODES, AUGMENT_ON, CHECKPOINT_RULES, DEVICES, INITS, LOSSES, MODELS, OPTIMIZERS, RESIZE_MODES,
-                             SAMPLERS, SCHEDULERS, SPLIT_NAMES, TTA_MODES)
+                             PRESENCE_POOLS, SAMPLERS, SCHEDULERS, SPLIT_NAMES, TTA_MODES)
 from skinseg.errors import ConfigError
 
 N_ATTRIBUTES = 5  # the ISIC 2018 Task 2 attributes (skinseg.data.isic.ATTRIBUTES)
@@ -87,6 +87,7 @@ class Config:
     encoder: str = "convnext_tiny"
     freeze_encoder: int = 0
     aux_head: bool = False
+    presence_pool: str = _choice(*PRESENCE_POOLS, default="avg")  # the presence head's pooling: avg or avgmax
     deep_supervision: int = 0  # mask heads on this many lower-resolution decoder stages (nnU-Net); 0: none
     # data
     data_root: str | None = None

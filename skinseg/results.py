@@ -60,10 +60,24 @@ def run_config(row: pd.Series) -> str:
 
 
 def read_results(path: str | Path) -> pd.DataFrame:
-    """A results CSV, with ``config`` filled for every row."""
+    """A results CSV, with ``config`` filled for every row, and for rows written before the columns existed what
+    follows from the row itself: under the rule ``best``, the best epoch is the checkpoint's; where that is the last
+    epoch, best.pt and last.pt are one checkpoint, so both score the row's val score."""
     table = pd.read_csv(resolve(path))
-    if len(table):
-        table["config"] = table.apply(run_config, axis=1)
+    if not len(table):
+        return table
+    table["config"] = table.apply(run_config, axis=1)
+    if not {"checkpoint_rule", "checkpoint_epoch", "epochs", "val_micro_overall"} <= set(table):
+        return table  # a sweep's comparison table
+    for col in ("best_epoch", "val_micro_best_pt", "val_micro_last_pt"):
+        if col not in table:
+            table[col] = float("nan")
+    by_best = table["checkpoint_rule"] == "best"
+    table.loc[by_best & table["best_epoch"].isna(), "best_epoch"] = table["checkpoint_epoch"]
+    one = table["best_epoch"] == table["epochs"]
+    for col in ("val_micro_best_pt", "val_micro_last_pt"):
+        table.loc[one & table[col].isna(), col] = table["val_micro_overall"]
+    table["best_epoch"] = table["best_epoch"].astype("Int64")
     return table
 
 
@@ -173,9 +187,38 @@ def append_row(results_file: str | Path, row: dict[str, Any]) -> Path:
 # docs/experiments.md holds blocks "<!-- results: NAME VIEW -->" ... "<!-- /results -->"; render_doc fills each with
 # the table of results/NAME.csv (VIEW: runs, the study_table, or architectures, by_architecture), so no figure in
 # the log is typed by hand. `make docs` rewrites the file; a test fails when it drifts from the CSVs.
-DOC_BLOCK = re.compile(r"(?P<open><!-- results: (?P<name>[\w.-]+) (?P<view>runs|architectures) -->\n)"
+DOC_BLOCK = re.compile(r"(?P<open><!-- results: (?P<name>[\w.-]+) (?P<view>runs|architectures|rules|points) -->\n)"
                        r"(?P<body>.*?)(?P<close><!-- /results -->)", re.S)
-VIEWS = {"runs": study_table, "architectures": by_architecture}
+
+
+def rules_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The two selection rules per run: the dev peak's epoch and score beside the last-3 mean, and val (which no
+    rule selects on) at best.pt and at last.pt."""
+    cols = {"config": "config", "seed": "seed", "best_epoch": "best epoch", "epochs": "epochs",
+            "tune_peak": "dev peak", f"tune_last{LAST_VALIDATIONS}": "dev last-3",
+            "val_micro_best_pt": "val at best.pt", "val_micro_last_pt": "val at last.pt"}
+    have = {k: v for k, v in cols.items() if k in table}
+    out = table[list(have)].rename(columns=have)
+    if {"val at best.pt", "val at last.pt"} <= set(out):
+        out = out.dropna(subset=["val at best.pt", "val at last.pt"])
+        out["last - best"] = out["val at last.pt"] - out["val at best.pt"]
+    return out.reset_index(drop=True)
+
+
+def points_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Each run at both operating points on dev and val: overall (micro) and macro Jaccard, and per attribute at
+    the per-attribute thresholds."""
+    cols = {"config": "config", "seed": "seed"}
+    for split in ("dev", "val"):
+        cols.update({f"{split}_micro_overall": f"{split} micro@micro", f"{split}_micro_macro": f"{split} macro@micro",
+                     f"{split}_each_overall": f"{split} micro@each", f"{split}_each_macro": f"{split} macro@each"})
+    cols.update({f"val_each_{a}": f"val {SHORT[a]}@each" for a in ATTRIBUTES})
+    have = {k: v for k, v in cols.items() if k in table}
+    return table[list(have)].rename(columns=have).reset_index(drop=True)
+
+
+SHORT = dict(zip(ATTRIBUTES, ("PN", "NN", "streaks", "MLC", "globules")))
+VIEWS = {"runs": study_table, "architectures": by_architecture, "rules": rules_table, "points": points_table}
 
 
 def markdown_table(table: pd.DataFrame, digits: int = 3) -> str:

@@ -402,3 +402,27 @@ def test_deep_supervision_heads_get_gradients():
     sum(weighted_loss(d) for d in deep).backward()
     assert all(h.weight.grad is not None and h.weight.grad.abs().sum() > 0 for h in model.deep_heads)
     assert model.segmentation_head.weight.grad is None  # the deep losses reach the decoder, not the main head
+
+
+def test_the_avgmax_presence_head_sees_a_small_region_the_average_dilutes():
+    """Chen et al.'s heads pool by average and by max: one hot pixel of 256 moves the average by 1/256 of itself
+    and the max by all of it. The layer names are those of the average-pooled head (old checkpoints load)."""
+    import torch
+
+    from skinseg.config import Config
+    from skinseg.errors import ConfigError
+    from skinseg.models.blocks import PresenceHead
+
+    x = torch.zeros(1, 4, 16, 16)
+    x[0, 1, 3, 5] = 10.0
+    head = PresenceHead(4, 2, "avgmax")
+    pooled = head[1](head[0](x))
+    assert pooled.shape == (1, 8)
+    assert pooled[0, 1].item() == pytest.approx(10 / 256) and pooled[0, 5].item() == 10.0
+    assert pooled[0, [0, 2, 3, 4, 6, 7]].abs().sum().item() == 0
+    assert head[2].in_features == 8 and PresenceHead(4, 2)[2].in_features == 4
+    assert set(head.state_dict()) == set(PresenceHead(4, 2).state_dict()) == {"2.weight", "2.bias"}
+    model = model_from_config(Config(model="unet", base_channels=8, aux_head=True, presence_pool="avgmax"))
+    assert model.presence_head[2].in_features == 2 * model.encoder.out_channels[-1]
+    with pytest.raises(ConfigError, match="presence_pool"):
+        Config(presence_pool="max").validate()

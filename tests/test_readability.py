@@ -81,3 +81,28 @@ def test_qualitative_title_sits_above_the_column_headers():
     headers = [ax.title.get_window_extent(renderer) for ax in fig.axes[:3]]
     assert all(title.y0 >= h.y1 for h in headers), (title, headers)
     assert "Jaccard 0.25" in fig.axes[3].get_title()
+
+
+def test_the_experiment_log_is_what_results_csvs_say():
+    """docs/experiments.md's tables are generated from results/*.csv: `make docs` after a run lands."""
+    from skinseg.paths import PROJ_ROOT
+    from skinseg.results import render_doc
+
+    text = (PROJ_ROOT / "docs" / "experiments.md").read_text()
+    assert "<!-- results: isic_cpu_architectures runs -->" in text
+    assert render_doc(text) == text, "docs/experiments.md is out of date with results/: run `make docs`"
+
+
+def test_results_blocks_are_filled_from_the_csv_and_a_missing_one_says_so(tmp_path):
+    from skinseg.results import render_doc
+
+    folder = tmp_path / "results"
+    folder.mkdir()
+    pd.DataFrame([{"run": "20261201-000000_unet_a", "model": "unet", "seed": 1, "epochs": 2,
+                   "tune_last3": 0.25, "val_micro_overall": 0.5}]).to_csv(folder / "mine.csv", index=False)
+    text = ("x\n<!-- results: mine runs -->\nstale\n<!-- /results -->\n"
+            "<!-- results: other runs -->\n<!-- /results -->\n")
+    out = render_doc(text, folder)
+    assert "stale" not in out and "| a | unet | 1 | 2 | 0.250 | 0.500 |" in out
+    assert "no runs yet: results/other.csv does not exist" in out
+    assert render_doc(out, folder) == out

@@ -178,16 +178,30 @@ class DeepSupervisionHeads(nn.ModuleList):
         return [head(x) for head, x in zip(self, list(stages)[-2::-1])]
 
 
+class AvgMaxPool(nn.Module):
+    """Global average- and max-pooled features side by side: (B, C, H, W) -> (B, 2C, 1, 1)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x.mean((-2, -1), keepdim=True), x.amax((-2, -1), keepdim=True)], 1)
+
+
 class PresenceHead(nn.Sequential):
-    """Image-level presence logits, one per attribute: global average pooling and a linear layer.
+    """Image-level presence logits, one per attribute: global pooling of the deepest features and a linear layer.
 
     Args:
         in_channels: channels of the (deepest) feature map it reads.
         classes: number of attributes.
+        pool: ``avg`` (global average pooling) or ``avgmax`` (average- and max-pooled features side by side, as
+            Chen et al.'s ISIC 2018 presence heads: a small attribute region barely moves the average). The layer
+            names are the same for both, so checkpoints with the average-pooled head load as before.
     """
 
-    def __init__(self, in_channels: int, classes: int):
-        super().__init__(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(in_channels, classes))
+    def __init__(self, in_channels: int, classes: int, pool: str = "avg"):
+        if pool not in ("avg", "avgmax"):
+            raise ValueError(f"presence pool {pool!r}: choose avg or avgmax")
+        width = in_channels * (2 if pool == "avgmax" else 1)
+        super().__init__(nn.AdaptiveAvgPool2d(1) if pool == "avg" else AvgMaxPool(), nn.Flatten(),
+                         nn.Linear(width, classes))
 
 
 class StagedFeatures(nn.Module):

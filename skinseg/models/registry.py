@@ -25,7 +25,7 @@ MODELS: dict[str, type[SegmentationModel]] = {
 MODEL_NAMES = tuple(MODELS)
 
 _CONFIG_OPTIONS = ("base_channels", "bilinear", "init", "pretrained", "pretrained_path", "encoder", "freeze_encoder",
-                   "aux_head", "deep_supervision")
+                   "aux_head", "presence_pool", "deep_supervision")
 
 
 class UnknownModelError(ConfigError, KeyError):

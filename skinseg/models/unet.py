@@ -52,7 +52,7 @@ class UNet(SegmentationModel):
 
     def __init__(self, in_channels: int = 3, classes: int = 5, *, base_channels: int = 32, depth: int = 4,
                  bilinear: bool = True, aux_head: bool = False, deep_supervision: int = 0, init: str = "kaiming",
-                 pretrained: bool = False, pretrained_path: str | None = None):
+                 pretrained: bool = False, pretrained_path: str | None = None, presence_pool: str = "avg"):
         super().__init__()
         if pretrained or pretrained_path:
             raise ConfigError(
@@ -67,7 +67,7 @@ class UNet(SegmentationModel):
             bilinear=bilinear, block=self.block, attention=self.attention,
         )
         self.segmentation_head = nn.Conv2d(self.decoder.out_channels, classes, 1)
-        self.presence_head = PresenceHead(self.encoder.out_channels[-1], classes) if aux_head else None
+        self.presence_head = PresenceHead(self.encoder.out_channels[-1], classes, presence_pool) if aux_head else None
         self.add_deep_supervision(self.encoder.out_channels[-2::-1], classes, deep_supervision)
         initialize(self, init)
         if init != "none":

@@ -72,7 +72,7 @@ class ConvNeXtUNet(SegmentationModel):
                  pretrained: bool = False, pretrained_path: str | None = None,
                  decoder_channels: Sequence[int] | None = None, stem_channels: int = 16, bilinear: bool = True,
                  aux_head: bool = False, deep_supervision: int = 0, init: str = "kaiming",
-                 freeze_encoder: bool = False):
+                 freeze_encoder: bool = False, presence_pool: str = "avg"):
         super().__init__()
         self.in_channels = in_channels
         self.encoder = create_timm_encoder(encoder, in_channels, pretrained, pretrained_path)
@@ -86,7 +86,7 @@ class ConvNeXtUNet(SegmentationModel):
         self.decoder = UNetDecoder(encoder_channels, decoder_channels, bilinear=bilinear, block=ResidualBlock,
                                    attention=True)
         self.segmentation_head = nn.Conv2d(self.decoder.out_channels, classes, 1)
-        self.presence_head = PresenceHead(channels[-1], classes) if aux_head else None
+        self.presence_head = PresenceHead(channels[-1], classes, presence_pool) if aux_head else None
         self.add_deep_supervision(decoder_channels, classes, deep_supervision)
         pretrained = pretrained or pretrained_path is not None
         for part in self.children():
