@@ -136,6 +136,7 @@ def test_ctrl_c_during_report_is_one_line_and_exit_130(tmp_path, capsys, monkeyp
         except KeyboardInterrupt:  # ...and surfaces as the kernel's death (papermill's DeadKernelError)
             raise ReportError("the kernel running notebook 03_train died") from None
 
+    before = signal.getsignal(signal.SIGINT)  # default_int_handler; SIG_IGN under a background job of a shell
     for fake in (interrupted_kernel, dead_kernel):
         monkeypatch.setattr(report, "run_notebooks", fake)
         capsys.readouterr()
@@ -143,7 +144,7 @@ def test_ctrl_c_during_report_is_one_line_and_exit_130(tmp_path, capsys, monkeyp
         err = capsys.readouterr().err.strip()
         assert "Traceback" not in err and len(err.splitlines()) == 1
         assert err.startswith("skinseg report: interrupted;") and "run the same command again" in err
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    assert signal.getsignal(signal.SIGINT) is before  # the handler is put back
 
 
 def _train_then_ctrl_c(argv: list[str], runs: Path, after_epochs: int) -> tuple[int, str]:
