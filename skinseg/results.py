@@ -26,9 +26,9 @@ CURVE_COLUMN = "tune_curve"  # the tuned validation score of every validated epo
 RESULTS_DIR_NAME = "results"
 # what a reader compares first: the columns study_table shows, in order
 SUMMARY_COLUMNS = {
-    "config": "config", "model": "model", "encoder": "encoder", "pretrained": "pretrained", "seed": "seed",
+    "config": "config", "seed": "seed",  # what was trained: the by_architecture table, and the sweep file named
     "epochs": "epochs", "params": "params (M)", "s_per_epoch": "s/epoch", "wall_min": "wall (min)",
-    "checkpoint_rule": "rule", "checkpoint_epoch": "ckpt epoch", f"tune_last{LAST_VALIDATIONS}": "dev last-3",
+    "checkpoint_rule": "rule", f"tune_last{LAST_VALIDATIONS}": "dev last-3",
     "tune_peak": "dev peak", "dev_micro_overall": "dev micro", "dev_each_macro": "dev macro (per-attr)",
     "val_micro_overall": "val micro", "val_each_macro": "val macro (per-attr)",
 }

@@ -103,6 +103,6 @@ def test_results_blocks_are_filled_from_the_csv_and_a_missing_one_says_so(tmp_pa
     text = ("x\n<!-- results: mine runs -->\nstale\n<!-- /results -->\n"
             "<!-- results: other runs -->\n<!-- /results -->\n")
     out = render_doc(text, folder)
-    assert "stale" not in out and "| a | unet | 1 | 2 | 0.250 | 0.500 |" in out
+    assert "stale" not in out and "| a | 1 | 2 | 0.250 | 0.500 |" in out
     assert "no runs yet: results/other.csv does not exist" in out
     assert render_doc(out, folder) == out
