@@ -74,10 +74,8 @@ class PredictionSet:
             raise ValueError(f"split {self.split!r} has no ground truth: no Jaccard to rank by")
         jac = self.scores.loc[self.ids, list(ATTRIBUTES)].to_numpy(dtype=float)
         present = self.present()
-        counted = np.where(present, jac, 0.0).sum(1)
         n = present.sum(1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(n > 0, counted / np.maximum(n, 1), np.nan)
+        mean = np.where(n > 0, np.where(present, jac, 0.0).sum(1) / np.maximum(n, 1), np.nan)
         return pd.Series(mean, index=self.ids, name="attribute_jaccard")
 
     def ranked(self, n: int, worst: bool = False) -> list[str]:

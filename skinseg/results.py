@@ -19,7 +19,7 @@ import pandas as pd
 from skinseg.data.isic import ATTRIBUTES
 from skinseg.files import write_atomic
 from skinseg.paths import resolve
-from skinseg.runs import LAST_VALIDATIONS, RunFolder, last_validations_mean
+from skinseg.runs import LAST_VALIDATIONS, RunFolder, last_mean
 
 
 CURVE_COLUMN = "tune_curve"  # the tuned validation score of every validated epoch, "epoch:score" space-separated
@@ -87,8 +87,6 @@ def study_table(table: pd.DataFrame) -> pd.DataFrame:
     out = table[list(have)].rename(columns=have)
     if "params (M)" in out:
         out["params (M)"] = out["params (M)"] / 1e6
-    if "encoder" in out:
-        out["encoder"] = out["encoder"].fillna("")
     return out.sort_values("dev last-3", ascending=False).reset_index(drop=True) if "dev last-3" in out else out
 
 
@@ -145,7 +143,7 @@ def run_row(run_dir: str | Path, progress: bool = False) -> dict[str, Any]:
         "wall_min": float((epochs["epoch_seconds"] + epochs["val_seconds"].fillna(0)
                            + epochs.get("checkpoint_seconds", 0).fillna(0)).sum() / 60),
         "checkpoint_rule": cfg.get("checkpoint_rule", "best"), "checkpoint_epoch": int(state["epoch"]),
-        f"tune_last{LAST_VALIDATIONS}": last_validations_mean(run.path),
+        f"tune_last{LAST_VALIDATIONS}": last_mean(epochs),
         "tune_peak": float(epochs["val_tuned_jaccard"].max()) if "val_tuned_jaccard" in epochs else float("nan"),
         "tune_split": cfg["val_split"], "config": cfg.get("run_name") or "",
         CURVE_COLUMN: curve_text(epochs),

@@ -264,7 +264,11 @@ LAST_VALIDATIONS = 3  # the low-noise statistic: the mean tuned score of this ma
 def last_validations_mean(run_dir: str | Path, k: int = LAST_VALIDATIONS) -> float:
     """Mean tuned validation score (dev, where the run holds one out) of the run's last ``k`` validations: far
     less noisy than the peak of a curve that moves by a few hundredths from epoch to epoch."""
-    _, epochs = RunFolder(run_dir).metrics()
+    return last_mean(RunFolder(run_dir).metrics()[1], k)
+
+
+def last_mean(epochs, k: int = LAST_VALIDATIONS) -> float:
+    """:func:`last_validations_mean` of an already-read epoch table."""
     key = "val_tuned_jaccard" if "val_tuned_jaccard" in epochs and epochs["val_tuned_jaccard"].notna().any() \
         else "val_jaccard"
     scores = epochs[key].dropna()
@@ -338,7 +342,7 @@ def run_summary(run_dir: str | Path) -> dict:
     best = epochs.loc[epochs[key].idxmax()]
     end = folder.end()
     row = {"run": folder.path.name, "model": cfg["model"], "epochs": len(epochs), "val_split": cfg.get("val_split"),
-           f"last{LAST_VALIDATIONS}_val_jaccard": last_validations_mean(folder.path),
+           f"last{LAST_VALIDATIONS}_val_jaccard": last_mean(epochs),
            "best_epoch": int(best["epoch"]),
            "best_val_jaccard": float(best[key]), "val_jaccard@0.5": float(best["val_jaccard"]),
            "seconds_per_epoch": float(epochs["epoch_seconds"].mean()),
