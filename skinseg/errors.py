@@ -47,9 +47,50 @@ class RunInUse(SkinsegError, RuntimeError):
     """Another process is training in this run folder (resuming it twice at once would log every step twice)."""
 
 
+class NonFiniteOutputError(SkinsegError, RuntimeError):
+    """The model produced NaN or infinite outputs (its weights diverged)."""
+
+    def __init__(self, ids: list[str]):
+        self.ids = ids
+        super().__init__(f"the model's outputs are NaN or infinite (images {', '.join(ids[:4])}); its weights have "
+                         "diverged. Train again with a lower lr, grad_clip: 1.0, warmup_epochs, or amp: off")
+
+class UnknownModelError(ConfigError, KeyError):
+    """A model name not in the registry; the message lists the valid names. Catch it as KeyError or ValueError."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+class WeightsMismatch(EnvironmentProblem):
+    """A packaged weights file does not fit the timm model tensor for tensor."""
+
+class PretrainedWeightsError(EnvironmentProblem):
+    """ImageNet weights could not be loaded (typically: no network); the message says how to proceed."""
+
+class DownloadError(DataError):
+    """A download or extraction failed: the message names the URL or file and what to do."""
+
+
+class ArchiveNotFound(DownloadError):
+    """The server answered 403 or 404 (S3 answers 403 for a missing key of a public bucket)."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C: the message says what was kept and how to go on. The command line prints it as one line, exit 130."""
 
 
 class SkinsegWarning(UserWarning):
     """Something the user should know that does not stop the command; the command line prints it as one line."""
+
+
+def did_you_mean(name: object, valid, n: int = 1, cutoff: float = 0.5) -> str:
+    """' (did you mean 'x'?)' naming the closest of ``valid`` to a misspelt name, or '' when none is close: the
+    one suggestion every "unknown key / model / encoder / attribute" message ends with."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), list(valid), n=n, cutoff=cutoff)
+    return f" (did you mean {', '.join(map(repr, close))}?)" if close else ""

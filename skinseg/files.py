@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import threading
 import tempfile
 from pathlib import Path
 
@@ -14,9 +15,12 @@ from skinseg.errors import DataError, DiskFullError, EnvironmentProblem
 SPARE_BYTES = 2**20  # left free after any write, so the disk is never filled to the last byte
 
 
-def temp_sibling(path: Path, tag: str = "") -> Path:
-    """``.<name><tag>.tmp-<pid>`` beside ``path``: where a write goes before it replaces ``path``."""
-    return path.with_name(f".{path.name}{tag}.tmp-{os.getpid()}")
+def temp_sibling(path: Path, tag: str = "", per_thread: bool = False) -> Path:
+    """``.<name><tag>.tmp-<pid>`` beside ``path``: where a write goes before it replaces ``path`` (the one temporary
+    name of every writer, so :func:`remove_dead_temp_files` finds a killed one's). ``per_thread`` adds the thread
+    (``.<name><tag>-t<thread>.tmp-<pid>``) for writers that threads of one process may run at once."""
+    thread = f"-t{threading.get_native_id()}" if per_thread else ""
+    return path.with_name(f".{path.name}{tag}{thread}.tmp-{os.getpid()}")
 
 
 def is_disk_full(e: OSError) -> bool:

@@ -8,7 +8,6 @@ feeds :func:`evaluate_model`, :func:`write_submission` and :func:`skinseg.predic
 """
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +18,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from skinseg.data.cache import SplitCache, read_mask
-from skinseg.data.isic import ATTRIBUTES, Split, ground_truth_folder_of, mask_name
-from skinseg.errors import DataError, DiskFullError, SkinsegError
+from skinseg.data.isic import ATTRIBUTES, ground_truth_folder_of, mask_name
+from skinseg.errors import DataError, DiskFullError, NonFiniteOutputError
 from skinseg.files import (check_replaceable, ensure_writable, is_disk_full, replace_folder, space_message,
                            temp_sibling, write_marker)
 from skinseg.metrics import OfficialScore, Scores, ThresholdSweep, presence_auc
@@ -32,13 +31,7 @@ GATE_CUTOFFS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 SUBMISSION_MARKER = ".skinseg-submission"
 
 
-class NonFiniteOutputError(SkinsegError, RuntimeError):
-    """The model produced NaN or infinite outputs (its weights diverged)."""
 
-    def __init__(self, ids: list[str]):
-        self.ids = ids
-        super().__init__(f"the model's outputs are NaN or infinite (images {', '.join(ids[:4])}); its weights have "
-                         "diverged. Train again with a lower lr, grad_clip: 1.0, warmup_epochs, or amp: off")
 
 
 def split_output(output) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -140,17 +133,11 @@ def at_original_size(cache: SplitCache, pb: PredictedBatch):
         yield index, cache.ids[index], p, pres
 
 
-def source_split(cache: SplitCache) -> Split:
-    meta = json.loads((cache.path / "meta.json").read_text())
-    mask_dir = Path(meta["mask_dir"]) if meta["mask_dir"] else None
-    return Split(cache.split, Path(meta["image_dir"]), mask_dir, tuple(cache.ids), meta.get("image_names", {}))
-
-
 class OriginalMasks:
     """Ground-truth masks at original resolution, read once from disk and kept bit-packed in memory."""
 
     def __init__(self, cache: SplitCache, max_bytes: int = 512 * 2**20):
-        self.cache, self.split = cache, source_split(cache)
+        self.cache, self.split = cache, cache.source_split()
         self.max_bytes, self.used = max_bytes, 0
         self.memo: dict[int, np.ndarray] = {}
 

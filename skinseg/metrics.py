@@ -20,6 +20,17 @@ def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
     return torch.where(den > 0, num / den.clamp_min(1e-30), torch.ones_like(num))
 
 
+def sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` summed over the DDP ranks, on its own device (itself without an initialized process group).
+    The one running-total reduction: the metric's counts, the threshold histograms and the epoch loss use it;
+    on nccl the sum is taken on the GPU."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return tensor
+    out = tensor.cuda() if torch.distributed.get_backend() == "nccl" else tensor.clone()
+    torch.distributed.all_reduce(out)
+    return out.to(tensor.device)
+
+
 @dataclass
 class Scores:
     """Per-attribute and averaged Jaccard/Dice of one evaluation."""
@@ -119,14 +130,10 @@ class OfficialScore:
 
     def all_reduce(self) -> None:
         """Sum the counts across DDP ranks (no-op without an initialized process group)."""
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            state = torch.cat([self.counts.flatten(), torch.tensor([float(self.images)], dtype=torch.float64,
-                                                                   device=self.counts.device)])
-            if torch.distributed.get_backend() == "nccl":
-                state = state.cuda()
-            torch.distributed.all_reduce(state)
-            self.counts = state[:-1].view(4, self.classes).to(self.counts.device)
-            self.images = int(round(float(state[-1])))
+        state = sum_over_ranks(torch.cat([self.counts.flatten(), torch.tensor(
+            [float(self.images)], dtype=torch.float64, device=self.counts.device)]))
+        self.counts = state[:-1].view(4, self.classes)
+        self.images = int(round(float(state[-1])))
 
     def compute(self) -> Scores:
         tp, fp, fn, _ = self.counts
@@ -190,12 +197,8 @@ class ThresholdSweep:
             setattr(self, name, getattr(self, name).to(device))
 
     def all_reduce(self) -> None:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            for name in ("pos", "neg", "pos_total"):
-                t = getattr(self, name)
-                t = t.cuda() if torch.distributed.get_backend() == "nccl" else t
-                torch.distributed.all_reduce(t)
-                setattr(self, name, t)
+        for name in ("pos", "neg", "pos_total"):
+            setattr(self, name, sum_over_ranks(getattr(self, name)))
 
     def counts(self, thresholds, gate: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """TP, FP, FN per attribute at per-attribute thresholds (probability >= t is positive)."""

@@ -12,6 +12,9 @@ REPORTS_DIR = PROJ_ROOT / "reports"
 IMAGES_DIR = PROJ_ROOT / "images"
 DATA_DIR = PROJ_ROOT / "data"
 SYNTH_DIR = DATA_DIR / "synthetic"
+# The one set of options of the synthetic generator: `skinseg synth`'s defaults, write_synthetic's, and the embedded
+# dataset the notebooks and the report use when no data root is named (kept here, free of heavy imports)
+SYNTH_DEFAULTS = {"n_train": 160, "n_val": 40, "n_test": 40, "seed": 2018, "width_range": [300, 900]}
 
 
 def cache_dir() -> Path:

@@ -52,7 +52,7 @@ class PredictionSet:
             missing = [c for c in (*ATTRIBUTES, "mean_jaccard") if c not in self.scores.columns]
             if missing:
                 raise ValueError(f"scores lack the column(s) {', '.join(missing)}; build them with "
-                                 "skinseg.inference.evaluate(..., per_image=True)")
+                                 "skinseg.inference.evaluate_model(..., per_image=True)")
 
     def __len__(self) -> int:
         return len(self.ids)

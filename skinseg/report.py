@@ -14,7 +14,7 @@ from typing import Any
 
 import nbformat
 
-from skinseg.errors import Interrupted, ReportError
+from skinseg.errors import EnvironmentProblem, Interrupted, ReportError
 from skinseg.files import claim_folder
 from skinseg.notebook import is_synthetic, resolve_checkpoint, resolve_data
 from skinseg.paths import IMAGES_DIR, NOTEBOOKS_DIR, PARAMS_DIR, REPORTS_DIR, resolve
@@ -168,7 +168,7 @@ def print_pdf(html: str | Path, out: str | Path, chromium: str | None = None, ti
     try:
         subprocess.run(cmd, check=True, capture_output=True, timeout=timeout)
         if not tmp.exists() or tmp.stat().st_size == 0:
-            raise RuntimeError(f"Chromium wrote no PDF ({' '.join(cmd)})")
+            raise EnvironmentProblem(f"Chromium wrote no PDF ({' '.join(cmd)})")
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)

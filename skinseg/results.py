@@ -254,8 +254,8 @@ def update_doc(path: str | Path) -> bool:
     return new != old
 
 
-if __name__ == "__main__":  # python -m skinseg.results docs/experiments.md  (make docs)
+if __name__ == "__main__":  # python -m skinseg.results docs/experiments.md README.md  (make docs)
     import sys
 
-    for name in sys.argv[1:] or ["docs/experiments.md"]:
+    for name in sys.argv[1:] or ["docs/experiments.md", "README.md"]:
         print(f"{name}: {'updated' if update_doc(name) else 'up to date'}")

@@ -3,7 +3,7 @@
 A run folder ``<output_dir>/<time>_<model>_<name>/`` holds
 
 - ``config.yaml``: the run's config,
-- ``metrics.csv``: one row per optimizer step (``kind=step``) and per epoch (``kind=epoch``),
+- ``metrics.csv``: a row every ``log_every`` optimizer steps (``kind=step``) and one per epoch (``kind=epoch``),
 - ``last.pt`` (every ``checkpoint_every`` epochs and the last) and ``best.pt`` (each time the validation score improves),
 - ``done.json``: the end marker, written when training ends — all epochs run or stopped early — naming why,
 - ``.lock``: held (``flock``) by the one process training in the folder; the system drops it when that process ends.
@@ -197,7 +197,8 @@ class RunFolder:
             self.end_marker.unlink(missing_ok=True)
 
     def remove_stale_temp_files(self) -> None:
-        """Delete ``.<file>.tmp-<pid>`` leftovers of processes that no longer run (a kill during a write)."""
+        """Delete the temporary files (``files.temp_sibling``) of processes that no longer run (a kill during a
+        write)."""
         remove_dead_temp_files(self.path)
 
     # ---- reading ---------------------------------------------------------------------------

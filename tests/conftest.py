@@ -165,3 +165,49 @@ def real_root() -> Path:
     if not REAL_ROOT:
         pytest.skip("SKINSEG_ISIC_ROOT not set (real ISIC 2018 data)")
     return Path(REAL_ROOT)
+
+
+# ---- a tiny trained checkpoint -------------------------------------------------------------
+def write_tiny_data(root: Path) -> Path:
+    """Six train, three val and two test images 64-96 px wide (synthetic generator, else hand-drawn rectangles)."""
+    try:
+        from skinseg.data.synth import write_synthetic
+    except ImportError:
+        write_split(root, "train", [(64, 48), (80, 60), (96, 72), (72, 54), (64, 48), (88, 66)], seed=1)
+        write_split(root, "val", [(64, 48), (72, 54), (80, 60)], seed=2, first_id=100)
+        write_split(root, "test", [(64, 48), (96, 72)], seed=3, first_id=200)
+    else:
+        write_synthetic(root, n_train=6, n_val=3, n_test=2, seed=0, width_range=(64, 96), progress=False)
+    return root
+
+
+def train_tiny_checkpoint(tmp_path: Path) -> tuple[Path, Path]:
+    """(best.pt of one epoch of a base-8 unet at 32 px, data root); SKINSEG_CACHE_DIR must point at a tmp folder."""
+    from skinseg.config import Config
+    from skinseg.train import train
+
+    root = write_tiny_data(tmp_path / "isic")
+    cfg = Config(data_root=str(root), model="unet", base_channels=8, image_size=32, epochs=1, batch_size=2,
+                 optimizer="adam", lr=3e-3, scheduler="none", device="cpu", output_dir=str(tmp_path / "runs"))
+    summary = train(cfg, progress=False)
+    return Path(summary["run_dir"]) / "best.pt", root
+
+
+def write_blocks(root, n=4):
+    """32x32 images where attribute k, when present, is a bright block of its own colour at its own place."""
+    from skinseg.data.isic import SPLIT_FOLDERS, mask_name
+
+    img_dir, gt_dir = (root / "train" / f for f in SPLIT_FOLDERS["train"])
+    img_dir.mkdir(parents=True)
+    gt_dir.mkdir(parents=True)
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255)]
+    for i in range(n):
+        image = np.full((32, 32, 3), 40, np.uint8)
+        for k, a in enumerate(ATTRIBUTES):
+            m = np.zeros((32, 32), np.uint8)
+            if (i + k) % 2 == 0:
+                r, c = divmod(k, 3)
+                m[4 + 14 * r : 12 + 14 * r, 2 + 10 * c : 10 + 10 * c] = 255
+                image[m > 0] = colours[k]
+            Image.fromarray(m, mode="L").save(gt_dir / mask_name(f"ISIC_{i:07d}", a))
+        Image.fromarray(image).save(img_dir / f"ISIC_{i:07d}.jpg", quality=95)

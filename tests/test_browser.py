@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from skinseg.paths import PROJ_ROOT, REPORTS_DIR
-from test_widgets import train_tiny_checkpoint
+from conftest import train_tiny_checkpoint
 
 pytestmark = pytest.mark.slow
 

@@ -159,7 +159,8 @@ def test_interrupted_build_is_rebuilt_next_time(tiny_root, cache_root, monkeypat
     cache = build_cache(split, size=32, progress=False)
     assert len(cache) == 6 and not stale.exists()
     assert json.loads((cache.path / "meta.json").read_text())["ids"][0] == "ISIC_0000000"
-    assert isinstance(SplitCache.open(cache.path), SplitCache)
+    again = SplitCache.open(cache.path)  # reopened from disk: the same ids and pixels
+    assert again.ids == cache.ids and np.array_equal(again.images[0], cache.images[0])
 
 
 def test_a_concurrent_build_that_finishes_first_is_used(tiny_root, cache_root, monkeypatch):

@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from skinseg.config import Config, ConfigError, parse_overrides
+from skinseg.config import Config, ConfigError, field_range, parse_overrides
 
 
 def test_defaults_are_valid_and_round_trip_through_yaml(tmp_path):
@@ -80,3 +80,28 @@ def test_missing_and_malformed_files(tmp_path):
         Config.from_yaml(bad)
     with pytest.raises(ConfigError, match="key=value"):
         parse_overrides(["epochs"])
+
+
+def _refusal(**kw):
+    with pytest.raises(ConfigError) as e:
+        Config.from_dict(kw)
+    return str(e.value)
+def test_every_refusal_is_one_line_naming_the_key_what_it_accepts_and_what_it_got():
+    """pydantic's errors come out as the one-line messages the command line prints."""
+    assert _refusal(lr=-1) == "lr: must be > 0, got -1"
+    assert _refusal(pos_weight=[1, 1, -1, 1, 1]) == "pos_weight: every value must be > 0, got [1, 1, -1, 1, 1]"
+    assert _refusal(epochs="many") == "epochs='many' is not a valid whole number"
+    assert _refusal(epochs=None) == "epochs cannot be null"
+    assert _refusal(lr=float("nan")) == "lr: must be a finite number, got nan"
+    assert _refusal(model="unet++").startswith("model: 'unet++' is not valid; choose one of unet, ")
+    assert _refusal(mean=[0.5, 0.5]) == "mean: needs three values (R, G, B), or null for the default"
+    assert _refusal(aug_flip_p=True).startswith("aug_flip_p=True is not a valid number")
+    assert _refusal(bilinear="yes").startswith("bilinear='yes' is not a valid true/false")
+    assert _refusal(loss={"bce": -1}) == "loss: every value must be >= 0, got {'bce': -1}"
+    assert field_range("dev_fraction") == (0.0, 1.0, False, True)
+    c = Config(epochs=3).replace(lr=0.01)
+    assert c.epochs == 3 and c.lr == 0.01 and Config(epochs=3) != c
+    with pytest.raises(ConfigError, match="unknown key"):
+        Config(epoch=3)
+    with pytest.raises(ConfigError, match=r"config\.yaml: lr"):
+        Config.from_dict({"lr": 0}, source="config.yaml")

@@ -18,7 +18,7 @@ def _name(req: str) -> str:
 def test_environment_yml_matches_pyproject():
     project = tomllib.loads((PROJ_ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
-    wanted = {_name(r) for r in project["dependencies"] + extras["dev"] + extras["weights"]}
+    wanted = {_name(r) for r in project["dependencies"] + extras["dev"] + extras["weights"] + extras["notebooks"]}
     env = yaml.safe_load((PROJ_ROOT / "environment.yml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     assert {_name(r) for r in pip} == wanted
@@ -48,9 +48,15 @@ def test_every_subcommand_has_help(command):
     assert "usage: skinseg" in out.stdout
 
 
-def test_readme_documents_every_config_key():
-    from skinseg.config import Config
+def test_docs_configuration_is_generated_from_the_config_and_names_every_key():
+    """docs/configuration.md is what `make docs` writes from the fields: a field added, renamed or re-described
+    without regenerating it fails here."""
+    from skinseg.config import Config, markdown
 
-    readme = (PROJ_ROOT / "README.md").read_text()
-    missing = [k for k in Config.keys() if f"`{k}`" not in readme]
-    assert not missing, f"config keys missing from the README table: {missing}"
+    doc = (PROJ_ROOT / "docs" / "configuration.md").read_text()
+    assert doc == markdown(), "docs/configuration.md is stale: run `make docs`"
+    rows = [line for line in doc.splitlines() if line.startswith("| `")]
+    assert [line.split("`")[1] for line in rows] == Config.keys()
+    assert all(Config.model_fields[k].description for k in Config.keys())
+    assert "| `lr` | `0.001` | number, > 0 | learning rate" in doc
+    assert "| `model` | `unet` | `unet`, `unet-residual`" in doc

@@ -22,7 +22,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import one_line_error as _one_line_error, tiny_config as _cfg, write_split
+from conftest import one_line_error as _one_line_error, tiny_config as _cfg, write_blocks, write_split
 from skinseg.checkpoint import checkpoint_epoch, load_checkpoint, save_checkpoint
 from skinseg.cli import main
 from skinseg.config import Config
@@ -30,8 +30,7 @@ from skinseg.data.cache import build_cache
 from skinseg.data.dataset import ISICDataset
 from skinseg.data.augment import eval_transform
 from skinseg.data.isic import ATTRIBUTES, SPLIT_FOLDERS, get_split, mask_name
-from skinseg.errors import (CheckpointError, ConfigError, DataError, DiskFullError, EnvironmentProblem,
-                            SkinsegError, TrainingError)
+from skinseg.errors import CheckpointError, ConfigError, DataError, DiskFullError, TrainingError
 from skinseg.runs import RunFolder, latest_run
 
 PROJ = Path(__file__).resolve().parents[1]
@@ -187,18 +186,13 @@ def test_a_kill_between_last_and_best_is_repaired_on_resume(small_root, tmp_path
             raise KeyboardInterrupt  # the process dies between last.pt and best.pt
         return real_save(state, path)
 
-    from test_train import _write_blocks
-
     root = tmp_path / "blocks"
-    _write_blocks(root, n=8)  # learnable: the score keeps improving
+    write_blocks(root, n=8)  # learnable: the score keeps improving
     monkeypatch.setattr(loop, "save_checkpoint", killed_at_a_later_best)
     cfg = _cfg(root, tmp_path, epochs=6, lr=1e-2, val_split="train", batch_size=4, aug_flip_p=0.0,
                aug_rotate90_p=0.0, aug_rotate_p=0.0, aug_scale_p=0.0, aug_color_p=0.0)
-    try:
+    with pytest.raises(KeyboardInterrupt):  # a later epoch improved the score: the kill landed
         _train(cfg)
-        pytest.skip("no epoch after the first improved the score with this seed")
-    except KeyboardInterrupt:
-        pass
     monkeypatch.setattr(loop, "save_checkpoint", real_save)
     run = RunFolder(latest_run(tmp_path / "runs"))
     last = load_checkpoint(run.last)
@@ -295,8 +289,9 @@ def _resume_until_done(cfg: Config, out: Path, **first_kill) -> RunFolder:
     """Start a run (with the given kill), then resume from last.pt until it completes; a kill before the first
     last.pt means a fresh start."""
     code = _child(cfg, **first_kill, watch=out)
-    if first_kill.get("kill"):  # a kill inside a checkpoint write must have happened, or the test proves nothing
-        assert code == -signal.SIGKILL, "the child finished without being killed inside a checkpoint write"
+    # the first child must have been killed (inside a checkpoint write, or at its random time), or the test
+    # proves nothing
+    assert code == -signal.SIGKILL, f"the child finished without being killed ({first_kill})"
     for _ in range(6):
         runs = sorted(out.iterdir()) if out.exists() else []
         run = RunFolder(runs[-1]) if runs else None
@@ -329,9 +324,11 @@ def reference(small_root, tmp_path, cache_root):
 def test_kills_at_random_times_then_resume_end_bit_identical(reference, tmp_path):
     cfg, ref = reference
     rng = random.Random(2018)
+    # the reference's training time, from its log's creation to its end marker: kills land inside it
+    seconds = ref.end_marker.stat().st_mtime - (ref.path / "metrics.csv").stat().st_ctime
     for trial in range(3):
         out = tmp_path / f"killed{trial}"
-        run = _resume_until_done(cfg.replace(output_dir=str(out)), out, kill_after=rng.uniform(0.0, 2.0))
+        run = _resume_until_done(cfg.replace(output_dir=str(out)), out, kill_after=rng.uniform(0.05, 0.7) * seconds)
         assert _same(_weights(run.last), _weights(ref.last))
         assert _same(_weights(run.best), _weights(ref.best))
         assert not list(run.path.glob(".*.tmp-*"))
@@ -567,16 +564,6 @@ def test_a_corrupt_checkpoint_message_does_not_suggest_weights_only_false(tmp_pa
     with pytest.raises(CheckpointError) as e:
         load_checkpoint(tmp_path / "evil.pt")
     assert "refusing" in str(e.value) and "weights_only" not in str(e.value)
-
-
-def test_every_user_error_class_is_a_skinseg_error():
-    from skinseg.data.download import DownloadError
-    from skinseg.inference import NonFiniteOutputError
-    from skinseg.models import PretrainedWeightsError, UnknownModelError
-
-    for cls in (ConfigError, DataError, CheckpointError, TrainingError, EnvironmentProblem, DiskFullError,
-                DownloadError, NonFiniteOutputError, PretrainedWeightsError, UnknownModelError):
-        assert issubclass(cls, SkinsegError), cls
 
 
 # ---- 12. image names ---------------------------------------------------------------------------

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import csv
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +17,11 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import one_line_error, tiny_config, write_split
+from conftest import one_line_error, tiny_config
 from skinseg.checkpoint import load_checkpoint
 from skinseg.cli import main
 from skinseg.data.isic import SPLIT_FOLDERS, get_split
-from skinseg.errors import CheckpointError, DataError, RunInUse
+from skinseg.errors import CheckpointError, RunInUse
 from skinseg.runs import RunFolder
 
 PROJ = Path(__file__).resolve().parents[1]

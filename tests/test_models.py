@@ -425,4 +425,4 @@ def test_the_avgmax_presence_head_sees_a_small_region_the_average_dilutes():
     model = model_from_config(Config(model="unet", base_channels=8, aux_head=True, presence_pool="avgmax"))
     assert model.presence_head[2].in_features == 2 * model.encoder.out_channels[-1]
     with pytest.raises(ConfigError, match="presence_pool"):
-        Config(presence_pool="max").validate()
+        Config(presence_pool="max")

@@ -40,6 +40,16 @@ def test_train_notebook_parameters_are_exactly_the_config_keys():
     assert set(params) == set(Config.keys())
 
 
+def test_train_notebook_parameters_cell_is_generated_from_the_config():
+    """Not a hand-kept copy: the cell is what `make docs` writes from Config, params/demo.yaml and QUICK_TRAIN."""
+    from skinseg.notebook import train_parameters_source
+
+    nb = nbformat.read(NOTEBOOKS_DIR / "03_train.ipynb", as_version=4)
+    (cell,) = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert cell.source == train_parameters_source(), "03_train's parameters cell is stale: run `make docs`"
+    assert "lr = 0.003  # params/demo.yaml" in cell.source and "epochs = 2  # QUICK_TRAIN" in cell.source
+
+
 def _as_lists(values):
     return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 

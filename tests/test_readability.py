@@ -91,6 +91,30 @@ def test_the_experiment_log_is_what_results_csvs_say():
     text = (PROJ_ROOT / "docs" / "experiments.md").read_text()
     assert "<!-- results: isic_cpu_architectures runs -->" in text
     assert render_doc(text) == text, "docs/experiments.md is out of date with results/: run `make docs`"
+    readme = (PROJ_ROOT / "README.md").read_text()
+    assert "<!-- results: isic_cpu_architectures architectures -->" in readme
+    assert render_doc(readme) == readme, "the README's results at a glance are stale: run `make docs`"
+
+
+def test_the_readme_is_a_front_page():
+    """At most 10 KB; the two commands, the own-data verbs and the GPU commands on its first screen (50 lines);
+    every docs/ page it points to exists, and every page of docs/ is pointed to."""
+    import re
+
+    from skinseg.paths import PROJ_ROOT
+
+    readme = (PROJ_ROOT / "README.md").read_text()
+    assert len(readme.encode()) <= 10_000
+    first_screen = "\n".join(readme.splitlines()[:50])
+    for command in ("make report", "make test", "skinseg download", "skinseg train --config", "skinseg evaluate",
+                    "skinseg predict", "params/isic.yaml", "torchrun --nproc_per_node"):
+        assert command in first_screen, command
+    linked = set(re.findall(r"\]\((docs/[\w.-]+\.md)", readme))
+    assert linked == {f"docs/{p.name}" for p in (PROJ_ROOT / "docs").glob("*.md")}
+    assert (PROJ_ROOT / "CHANGELOG.md").is_file() and "(CHANGELOG.md)" in readme
+    for page in (PROJ_ROOT / "docs").glob("*.md"):  # relative links inside docs/ resolve
+        for target in re.findall(r"\]\((?!https?:|#)([^)#\s]+)", page.read_text()):
+            assert (page.parent / target).exists(), f"{page.name} links to {target}, which does not exist"
 
 
 def test_results_blocks_are_filled_from_the_csv_and_a_missing_one_says_so(tmp_path):

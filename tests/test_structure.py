@@ -90,3 +90,76 @@ def test_a_model_class_and_create_model_start_the_same(name):
     torch.testing.assert_close(built.segmentation_head.bias, torch.full((5,), prior))
     untouched = MODELS[name](3, 5, init="none", **options)
     assert not torch.allclose(untouched.segmentation_head.bias, torch.full((5,), prior))
+
+
+def test_every_error_class_lives_in_errors_and_is_a_skinseg_error():
+    """No module but skinseg/errors.py defines an exception class (the download retry signal, private, aside), and
+    every class there is a SkinsegError, but Ctrl-C's Interrupted and the warning class."""
+    import ast
+    import inspect
+
+    from skinseg import errors
+
+    outside = []
+    for path in (PROJ / "skinseg").rglob("*.py"):
+        if path.name == "errors.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and not node.name.startswith("_") and any(
+                    re.search(r"Error|Exception|Problem|Mismatch|NotFound|Interrupt", ast.unparse(b))
+                    for b in node.bases):
+                outside.append(f"{path.relative_to(PROJ)}:{node.name}")
+    assert not outside, f"error classes outside skinseg/errors.py: {outside}"
+    classes = [c for _, c in inspect.getmembers(errors, inspect.isclass) if c.__module__ == errors.__name__]
+    assert len(classes) >= 15
+    for cls in classes:
+        if cls not in (errors.Interrupted, errors.SkinsegWarning):
+            assert issubclass(cls, errors.SkinsegError), cls
+    # the old import paths still work
+    from skinseg.data.download import DownloadError
+    from skinseg.models import PretrainedWeightsError, UnknownModelError
+
+    assert DownloadError is errors.DownloadError and UnknownModelError is errors.UnknownModelError
+    assert PretrainedWeightsError is errors.PretrainedWeightsError
+
+
+def _sources(exclude: tuple[str, ...] = ()) -> dict[str, str]:
+    return {str(p.relative_to(PROJ)): p.read_text() for p in (PROJ / "skinseg").rglob("*.py")
+            if str(p.relative_to(PROJ)) not in exclude}
+
+
+def test_one_home_each_for_suggestions_temp_names_rank_sums_ema_and_synthetic_defaults():
+    """'did you mean' is skinseg.errors.did_you_mean; temporary names are skinseg.files.temp_sibling; sums over DDP
+    ranks go through skinseg.metrics.sum_over_ranks (BatchNorm buffers averaged in place aside); the EMA is timm's
+    ModelEmaV3; the synthetic generator's defaults are skinseg.paths.SYNTH_DEFAULTS."""
+    checks = {"difflib": ("skinseg/errors.py",), "mkdtemp": (), ".tmp-": ("skinseg/files.py",),
+              "distributed.all_reduce(": ("skinseg/metrics.py", "skinseg/train/loop.py"), "AveragedModel": (),
+              "n_train\": 160": ("skinseg/paths.py",)}
+    for needle, homes in checks.items():
+        found = sorted(name for name, text in _sources().items() if needle in text)
+        assert set(found) <= set(homes), f"{needle!r} outside its home {homes}: {found}"
+    loop = (PROJ / "skinseg" / "train" / "loop.py").read_text()
+    assert loop.count("distributed.all_reduce(") == 1 and "torch.distributed.all_reduce(buf)" in loop  # BatchNorm
+    from skinseg.cli import build_parser
+    from skinseg.data.synth import write_synthetic
+    from skinseg.paths import SYNTH_DEFAULTS
+
+    args = build_parser().parse_args(["synth", "out"])
+    assert (args.n_train, args.n_val, args.n_test, args.seed) == tuple(
+        SYNTH_DEFAULTS[k] for k in ("n_train", "n_val", "n_test", "seed"))
+    import inspect
+
+    defaults = {k: v.default for k, v in inspect.signature(write_synthetic).parameters.items()}
+    assert all(defaults[k] == SYNTH_DEFAULTS[k] for k in ("n_train", "n_val", "n_test", "seed"))
+
+
+def test_the_config_is_a_pydantic_model_with_a_description_for_every_key():
+    import pydantic
+
+    from skinseg.config import Config, field_choices, field_range
+
+    assert issubclass(Config, pydantic.BaseModel) and Config.model_config["extra"] == "forbid"
+    assert all(info.description for info in Config.model_fields.values())
+    assert field_choices("optimizer") == choices.OPTIMIZERS and field_choices("tta") == choices.TTA_MODES
+    assert field_range("aug_flip_p") == (0.0, 1.0, False, False) and field_range("lr") == (0.0, None, True, False)
+    assert field_range("pos_weight") == (0.0, None, True, False)  # of every element

@@ -230,7 +230,7 @@ def test_each_texture_changes_the_image_only_inside_its_mask(index, name):
 def test_an_interrupted_write_leaves_no_partial_split(tmp_path: Path, monkeypatch):
     _write(tmp_path, n_train=2, n_val=0, n_test=0)
     before = _files(tmp_path)
-    real_write = synth._write_sample
+    real_write = synth.writer._write_sample
     calls = {"n": 0}
 
     def failing_write(*args):
@@ -239,7 +239,7 @@ def test_an_interrupted_write_leaves_no_partial_split(tmp_path: Path, monkeypatc
             raise KeyboardInterrupt
         real_write(*args)
 
-    monkeypatch.setattr(synth, "_write_sample", failing_write)
+    monkeypatch.setattr(synth.writer, "_write_sample", failing_write)
     with pytest.raises(KeyboardInterrupt):
         _write(tmp_path, n_train=3, n_val=2, n_test=2, seed=4)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train"]  # no val, no temporary folder

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import re
 import shutil
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import train_tiny_checkpoint
 from skinseg.data.isic import ATTRIBUTES, SPLIT_FOLDERS
 from skinseg.overlay import ATTRIBUTE_COLOURS, compare_overlay, legend_html, overlay
 from skinseg.predictions import PredictionSet, collect_predictions
@@ -254,34 +254,6 @@ def test_prediction_set_rejects_mismatched_arrays():
         PredictionSet("val", pset.ids, pset.images, pset.truth, pset.pred[:, :3])
     with pytest.raises(ValueError, match="lack the column"):
         PredictionSet("val", pset.ids, pset.images, pset.truth, pset.pred, scores=pset.scores.drop(columns="globules"))
-
-
-# ---- a tiny trained checkpoint -------------------------------------------------------------
-def write_tiny_data(root: Path) -> Path:
-    """Six train, three val and two test images 64-96 px wide (synthetic generator, else hand-drawn rectangles)."""
-    try:
-        from skinseg.data.synth import write_synthetic
-    except ImportError:
-        from conftest import write_split
-
-        write_split(root, "train", [(64, 48), (80, 60), (96, 72), (72, 54), (64, 48), (88, 66)], seed=1)
-        write_split(root, "val", [(64, 48), (72, 54), (80, 60)], seed=2, first_id=100)
-        write_split(root, "test", [(64, 48), (96, 72)], seed=3, first_id=200)
-    else:
-        write_synthetic(root, n_train=6, n_val=3, n_test=2, seed=0, width_range=(64, 96), progress=False)
-    return root
-
-
-def train_tiny_checkpoint(tmp_path: Path) -> tuple[Path, Path]:
-    """(best.pt of one epoch of a base-8 unet at 32 px, data root); SKINSEG_CACHE_DIR must point at a tmp folder."""
-    from skinseg.config import Config
-    from skinseg.train import train
-
-    root = write_tiny_data(tmp_path / "isic")
-    cfg = Config(data_root=str(root), model="unet", base_channels=8, image_size=32, epochs=1, batch_size=2,
-                 optimizer="adam", lr=3e-3, scheduler="none", device="cpu", output_dir=str(tmp_path / "runs"))
-    summary = train(cfg, progress=False)
-    return Path(summary["run_dir"]) / "best.pt", root
 
 
 def test_collect_predictions_on_a_tiny_checkpoint_matches_evaluate(tmp_path, cache_root):

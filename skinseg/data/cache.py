@@ -23,7 +23,6 @@ import io
 import json
 import os
 import shutil
-import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,7 +35,8 @@ from PIL import Image
 from skinseg.choices import RESIZE_MODES
 from skinseg.data.isic import ATTRIBUTES, Split, missing_masks, name_list
 from skinseg.errors import DataError, DiskFullError, SkinsegWarning
-from skinseg.files import ensure_space, ensure_writable, is_disk_full, remove_dead_temp_files, space_message
+from skinseg.files import (ensure_space, ensure_writable, is_disk_full, remove_dead_temp_files, space_message,
+                           temp_sibling)
 from skinseg.paths import cache_dir
 from skinseg.progress import bar as progress_bar
 
@@ -255,6 +255,12 @@ class SplitCache:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def source_split(self) -> Split:
+        """The split of files this cache was built from (its folders, ids and file names, from ``meta.json``)."""
+        meta = json.loads((self.path / "meta.json").read_text())
+        mask_dir = Path(meta["mask_dir"]) if meta["mask_dir"] else None
+        return Split(self.split, Path(meta["image_dir"]), mask_dir, tuple(self.ids), meta.get("image_names", {}))
+
     @classmethod
     def open(cls, path: Path) -> "SplitCache":
         """Open a built cache and map its arrays."""
@@ -317,7 +323,7 @@ def build_cache(split: Split, size: int = 256, mode: str = "stretch", root: Path
     needed = cache_bytes(len(split.ids), size, split.has_masks)
     larger_disk = "Free space, or set SKINSEG_CACHE_DIR to a folder on a larger disk"
     ensure_space(root, needed, f"not enough disk space to cache split {split.name!r} at {size} px", larger_disk)
-    tmp = root / f".{final.name}-t{threading.get_native_id()}.tmp-{os.getpid()}"
+    tmp = temp_sibling(final, per_thread=True)  # concurrent builds of one split in threads of one process
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)

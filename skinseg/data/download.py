@@ -12,7 +12,6 @@ import json
 import re
 import shutil
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -23,7 +22,9 @@ from typing import Iterable
 
 from tqdm.auto import tqdm
 
-from skinseg.data.isic import SPLITS, DataError
+from skinseg.data.isic import SPLITS
+from skinseg.errors import ArchiveNotFound, DataError, DownloadError
+from skinseg.files import remove_dead_temp_files, replace_folder, temp_sibling
 from skinseg.progress import bar as progress_bar
 
 BASE_URL = "https://isic-challenge-data.s3.amazonaws.com/2018/"
@@ -43,18 +44,6 @@ CHUNK_BYTES = 1 << 20
 RETRY_WAIT_S = 5.0
 _JUNK_FOLDERS = {"__MACOSX"}
 _JUNK_FILES = {".DS_Store", "Thumbs.db", "desktop.ini"}
-
-
-class DownloadError(DataError):
-    """A download or extraction failed: the message names the URL or file and what to do."""
-
-
-class ArchiveNotFound(DownloadError):
-    """The server answered 403 or 404 (S3 answers 403 for a missing key of a public bucket)."""
-
-    def __init__(self, message: str, code: int):
-        super().__init__(message)
-        self.code = code
 
 
 class _Transient(DownloadError):
@@ -216,7 +205,10 @@ def extract_zip(zip_path: str | Path, split_dir: str | Path, *, progress: bool =
         if target.exists():
             raise DownloadError(f"{target} exists but was not extracted by `skinseg download`; delete it and run again")
         split_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{top}.", suffix=".tmp", dir=split_dir))
+        remove_dead_temp_files(split_dir)
+        tmp = temp_sibling(split_dir / top)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
         base = tmp if single_top else tmp / top
         try:
             for info, rel in progress_bar(members, desc=f"extracting {zip_path.name}", unit="file", show=progress,
@@ -231,7 +223,7 @@ def extract_zip(zip_path: str | Path, split_dir: str | Path, *, progress: bool =
             # Marker first: a crash before the rename leaves a marker without its folder, which means "redo".
             _marker(split_dir, zip_path.name).write_text(json.dumps(
                 {"zip": zip_path.name, "bytes": zip_path.stat().st_size, "folder": top, "files": len(files)}))
-            (tmp / top).rename(target)
+            replace_folder(tmp / top, target)
         except (zipfile.BadZipFile, zlib.error, EOFError) as e:
             raise DownloadError(f"{zip_path} is corrupt ({e}); delete it and run again to download it afresh") from e
         finally:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import difflib
 import os
 import socket
 from collections.abc import Iterator
@@ -12,20 +11,18 @@ from urllib.parse import urlparse
 import timm
 from torch import nn
 
-from skinseg.errors import ConfigError, EnvironmentProblem
+from skinseg.errors import ConfigError, PretrainedWeightsError, did_you_mean
 from skinseg.models.weights import PACKAGED, converted_file, install_hint, packaged_file
 
 
-class PretrainedWeightsError(EnvironmentProblem):
-    """ImageNet weights could not be loaded (typically: no network); the message says how to proceed."""
+
 
 
 def create_timm_encoder(name: str, in_channels: int = 3, pretrained: bool = False,
                         pretrained_path: str | os.PathLike | None = None) -> nn.Module:
     """A timm ``features_only`` model; ``pretrained_path`` (a local weights file) implies ``pretrained``."""
     if not timm.is_model(name):
-        close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
-        hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+        hint = did_you_mean(name, timm.list_models(), n=3, cutoff=0.6)
         raise ConfigError(
             f"encoder: unknown timm model {name!r}{hint}; use a timm model that supports features_only, "
             "e.g. convnext_tiny, convnext_nano, resnet34, efficientnet_b0 (see timm.list_models())"

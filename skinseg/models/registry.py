@@ -1,11 +1,10 @@
 """Model names -> classes, ``create_model`` and ``model_from_config``."""
 from __future__ import annotations
 
-import difflib
 import inspect
 from typing import TYPE_CHECKING, Any
 
-from skinseg.errors import ConfigError
+from skinseg.errors import UnknownModelError, did_you_mean
 from skinseg.models.base import SegmentationModel
 from skinseg.models.unet import UNet
 from skinseg.models.unet_attention import AttentionUNet
@@ -28,11 +27,7 @@ _CONFIG_OPTIONS = ("base_channels", "bilinear", "init", "pretrained", "pretraine
                    "aux_head", "presence_pool", "deep_supervision")
 
 
-class UnknownModelError(ConfigError, KeyError):
-    """A model name not in the registry; the message lists the valid names. Catch it as KeyError or ValueError."""
 
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 def model_options(name: str) -> tuple[str, ...]:
@@ -73,6 +68,5 @@ def _model_class(name: str) -> type[SegmentationModel]:
     try:
         return MODELS[name]
     except (KeyError, TypeError):
-        close = difflib.get_close_matches(str(name), MODEL_NAMES, n=1, cutoff=0.5)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise UnknownModelError(f"unknown model {name!r}{hint}; valid names: {', '.join(MODEL_NAMES)}") from None
+        raise UnknownModelError(f"unknown model {name!r}{did_you_mean(name, MODEL_NAMES)}; "
+                                f"valid names: {', '.join(MODEL_NAMES)}") from None

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from skinseg.errors import EnvironmentProblem
+from skinseg.errors import EnvironmentProblem, WeightsMismatch
 from skinseg.files import write_atomic
 from skinseg.paths import cache_dir
 
@@ -30,8 +30,7 @@ PACKAGED = {
 }
 
 
-class WeightsMismatch(EnvironmentProblem):
-    """A packaged weights file does not fit the timm model tensor for tensor."""
+
 
 
 def install_hint(name: str) -> str:

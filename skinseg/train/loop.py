@@ -25,12 +25,13 @@ from skinseg.errors import CheckpointError, ConfigError, DataError, Interrupted,
 from skinseg.files import ensure_writable
 from skinseg.inference import GATE_CUTOFFS, NonFiniteOutputError, OriginalMasks, evaluate_model, needs_original
 from skinseg.losses import CombinedLoss
+from skinseg.metrics import sum_over_ranks
 from skinseg.models import model_from_config
 from skinseg.paths import resolve
 from skinseg.progress import bar as progress_bar
 from skinseg.runs import RunFolder, config_changes, find_complete_run
 from skinseg.runtime import Runtime, amp_for_model, autocast, cleanup, seed_everything, setup_runtime
-from skinseg.train.optim import Schedule, build_optimizer, ema_model
+from skinseg.train.optim import Schedule, build_optimizer, ema_model, ema_step
 
 
 class Trainer:
@@ -81,7 +82,7 @@ class Trainer:
         self.loss_fn = CombinedLoss.from_config(cfg).to(self.rt.device)
         self.ema = None
         if cfg.ema:
-            self.ema = ema_model(self.model, cfg.ema, cfg.ema_warmup, lambda: self.step)
+            self.ema = ema_model(self.model, cfg.ema, cfg.ema_warmup)
         self.net = self.model
         if self.rt.distributed:
             ids = [self.rt.local_rank] if self.rt.device.type == "cuda" else None
@@ -176,10 +177,7 @@ class Trainer:
                     self._log({"kind": "step", "epoch": epoch + 1, "step": self.step, "loss": mean,
                                "lr": self.optimizer.param_groups[-1]["lr"]})
                 bar.set_postfix(loss=f"{mean:.4f}")
-        if self.rt.distributed:
-            totals = torch.tensor([total, count], dtype=torch.float64, device=self.rt.device)
-            torch.distributed.all_reduce(totals)
-            total, count = totals.tolist()
+        total, count = sum_over_ranks(torch.tensor([total, count], dtype=torch.float64)).tolist()
         seconds = time.perf_counter() - start
         return total / max(count, 1), seconds
 
@@ -212,7 +210,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.schedule.after_batch()
             if self.ema is not None:
-                self.ema.update_parameters(self.model)
+                self.ema.update(self.model, step=ema_step(self.step))
             self.step += 1
         return loss.detach()
 
@@ -349,7 +347,8 @@ class Trainer:
         self._resumed = None
         load_model_weights(self.model, {**state, "model": state["train_model"] or state["model"]}, path)
         if self.ema is not None and state["ema"] is not None:
-            self.ema.load_state_dict(state["ema"])
+            # runs from before timm's ModelEmaV3 saved torch's averaged model, which also counted its updates
+            self.ema.load_state_dict({k: v for k, v in state["ema"].items() if k != "n_averaged"})
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import torch
+from timm.utils import ModelEmaV3
 from timm.optim import create_optimizer_v2, param_groups_weight_decay
 from torch.optim import lr_scheduler
 
@@ -41,25 +42,18 @@ def _encoder_lr_groups(model: torch.nn.Module, weight_decay: float, lr: float, e
     return groups
 
 
-def ema_decay(step: int, decay: float, warmup: bool) -> float:
-    """The EMA decay at optimizer step ``step``: ``decay``, or with ``warmup`` timm ModelEmaV3's warm-up
-    ``1 - (1 + step) ** (-2/3)`` capped at ``decay`` (0.95 after 100 steps, 0.99 after 1000), so that a
-    short schedule's average does not lag behind on its random initial weights."""
-    return min(decay, 1.0 - (1.0 + step) ** (-2.0 / 3.0)) if warmup else decay
+def ema_model(model: torch.nn.Module, decay: float, warmup: bool) -> ModelEmaV3:
+    """timm's ModelEmaV3 over ``model`` (parameters and buffers). With ``warmup`` its decay follows the step
+    count, ``min(decay, 1 - (1 + step) ** (-2/3))`` (0.95 after 100 steps, 0.99 after 1000), so a short
+    schedule's average does not lag behind on its random initial weights. The trainer updates it with
+    ``ema.update(model, step=ema_step(step))`` at its optimizer step ``step`` (restored on resume, so a resumed
+    run averages exactly as an unbroken one); the first update copies the weights."""
+    return ModelEmaV3(model, decay=decay, use_warmup=warmup)
 
 
-def ema_model(model: torch.nn.Module, decay: float, warmup: bool, step) -> torch.optim.swa_utils.AveragedModel:
-    """An EMA copy of ``model`` (buffers averaged too) whose decay follows :func:`ema_decay` at ``step()``, the
-    trainer's optimizer-step count (restored on resume, so a resumed run averages exactly as an unbroken one)."""
-
-    @torch.no_grad()
-    def update(ema_params, params, _num_averaged):  # AveragedModel passes the tensors of one dtype at a time
-        if ema_params[0].is_floating_point():
-            torch._foreach_lerp_(ema_params, params, 1.0 - ema_decay(step(), decay, warmup))
-        else:  # BatchNorm's num_batches_tracked
-            torch._foreach_copy_(ema_params, params)
-
-    return torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=update, use_buffers=True)
+def ema_step(step: int) -> int:
+    """The step ModelEmaV3 is given at the trainer's optimizer step ``step`` (0-based): timm counts from 1."""
+    return step + 1
 
 
 class Schedule:
