@@ -4,7 +4,7 @@ colour-only where it should be, and trains and resumes exactly (on the CPU here)
 import pytest
 import torch
 
-from conftest import assert_same_weights, crash_and_resume
+from conftest import assert_same_weights, crash_and_resume, tiny_config
 from skinseg.config import Config
 from skinseg.data.augment import train_transform
 from skinseg.data.batch_augment import BatchAugment, batch_generator
@@ -114,9 +114,8 @@ def test_training_with_gpu_augmentation_resumes_exactly(small_root, tmp_path, ca
     from skinseg.train import train
 
     def cfg(**kw):
-        return Config(data_root=str(small_root), image_size=32, batch_size=2, epochs=2, base_channels=8,
-                      model="unet", output_dir=str(tmp_path / "runs"), optimizer="adam", lr=3e-3,
-                      aug_rotate_p=0.5, aug_color_p=0.5, augment_on="gpu", accumulate=2, log_every=1, **kw)
+        return tiny_config(small_root, tmp_path, aug_rotate_p=0.5, aug_color_p=0.5,
+                           augment_on="gpu", accumulate=2, log_every=1, **kw)
 
     calls = []
     real_call = BatchAugment.__call__

@@ -57,6 +57,7 @@ def two_runs(tmp_path, cache_root):
     return root, [os.path.join(r, "best.pt") for r in runs]
 
 
+@pytest.mark.slow
 def test_ensemble_file_evaluates_and_predicts_like_a_checkpoint(two_runs, tmp_path, capsys):
     from skinseg.cli import main
     from skinseg.evaluation import evaluate_checkpoint, score_submission
@@ -82,6 +83,7 @@ def test_ensemble_file_evaluates_and_predicts_like_a_checkpoint(two_runs, tmp_pa
         evaluate_checkpoint(out, root, "val").scores.overall, abs=1e-9)
 
 
+@pytest.mark.slow
 def test_ensemble_refuses_one_member_an_ensemble_member_and_a_foreign_holdout(two_runs, tmp_path, capsys):
     from skinseg.cli import main
 

@@ -93,6 +93,7 @@ def test_every_verb_is_in_the_batch():
     assert sorted(verbs) == sorted(BAD_INPUTS)
 
 
+@pytest.mark.slow
 def test_a_failing_sweep_member_is_one_line_naming_it(small_root, tmp_path, cache_root, capsys, monkeypatch):
     import skinseg.sweeps as sweeps
 

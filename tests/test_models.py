@@ -287,6 +287,7 @@ def test_eval_forward_is_deterministic(name):
         assert torch.equal(model(x), model(x))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_channels_last_and_bf16_autocast(name):
     model = tiny(name, aux_head=True).to(memory_format=torch.channels_last).train()

@@ -20,6 +20,7 @@ SHRINK = {"isic_cpu.yaml": ["image_size=64", "crop_size=32"], "isic_cpu_scratch.
           "isic_scratch.yaml": ["image_size=64", "encoder=convnext_atto", "num_workers=0"]}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(SHRINK))
 def test_recipe_trains_through_the_cli(name, tmp_path, cache_root, capsys):
     root = tmp_path / "isic"

@@ -163,3 +163,12 @@ def test_the_config_is_a_pydantic_model_with_a_description_for_every_key():
     assert field_choices("optimizer") == choices.OPTIMIZERS and field_choices("tta") == choices.TTA_MODES
     assert field_range("aug_flip_p") == (0.0, 1.0, False, False) and field_range("lr") == (0.0, None, True, False)
     assert field_range("pos_weight") == (0.0, None, True, False)  # of every element
+
+
+def test_tests_share_helpers_through_conftest_only():
+    """No test file imports another (helpers live in tests/conftest.py), and the tiny config is defined once."""
+    for path in (PROJ / "tests").glob("test_*.py"):
+        text = path.read_text()
+        assert not re.search(r"^\s*(from|import) test_", text, re.M), f"{path.name} imports a test file"
+        tiny = "image_size=32, batch_size=2, " + "epochs=2, base_channels=8"  # conftest.tiny_config's
+        assert tiny not in text, f"{path.name} spells out the tiny config: use conftest.tiny_config"

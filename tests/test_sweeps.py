@@ -18,6 +18,7 @@ def _sweep(tmp_path, monkeypatch, small_root, files):
     return base
 
 
+@pytest.mark.slow
 def test_cli_runner_trains_configs_in_parallel_and_reuses_them(small_root, tmp_path, cache_root, monkeypatch):
     base = _sweep(tmp_path, monkeypatch, small_root, {"a_plain": {}, "b_jaccard": {"loss": {"log_jaccard": 1.0}}})
     out = tmp_path / "out"
@@ -53,6 +54,7 @@ def test_a_sweep_file_is_checked_merged_with_its_base(tmp_path):
         sweeps.run_parameters({"image_size": 64, "crop_size": 32}, f, None, tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_a_sweep_run_as_recorded_writes_its_table_to_results_and_a_changed_one_does_not(
         small_root, tmp_path, cache_root, monkeypatch):
     """The comparison table goes to the record's `table:` (below the project) only when the sweep ran with the

@@ -29,6 +29,7 @@ def _rows(run_dir, kind):
         return [r for r in csv.DictReader(f) if r["kind"] == kind]
 
 
+@pytest.mark.slow
 def test_overfits_one_small_batch(tmp_path, cache_root):
     root = tmp_path / "overfit"
     write_blocks(root)
