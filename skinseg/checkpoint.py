@@ -16,6 +16,7 @@ import io
 import pickle
 import random
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +147,29 @@ def decision_thresholds(state: dict[str, Any], operating_point: str, path: str |
                               "them, or trained with tune_thresholds: false); use --operating-point micro, or "
                               "retrain")
     return [float(t) for t in values]
+
+
+@dataclass(frozen=True)
+class DecisionRule:
+    """How a checkpoint's probabilities become masks: per-attribute thresholds at an operating point, the presence
+    gates (a model with a presence head, at the micro operating point), and the flip TTA. Read from a checkpoint in
+    this one place (:meth:`from_checkpoint`), for evaluation, prediction and the figures alike."""
+
+    thresholds: list[float]
+    gates: list[float] | None
+    tta: str
+    operating_point: str  # micro, per_attribute, or untuned (0.5 everywhere)
+
+    @classmethod
+    def from_checkpoint(cls, state: dict[str, Any], cfg: Config, path: str | Path, operating_point: str = "micro",
+                        tuned: bool = True, tta: str | None = None) -> "DecisionRule":
+        """The checkpoint's tuned thresholds at ``operating_point`` (its gates too, at the micro one), or 0.5
+        everywhere and no gates when not ``tuned``; ``tta`` None takes the run's."""
+        tta = tta or cfg.tta
+        if not tuned:
+            return cls([0.5] * cfg.classes, None, tta, "untuned")
+        gates = [float(g) for g in state["gates"]] if cfg.aux_head and operating_point == "micro" else None
+        return cls(decision_thresholds(state, operating_point, path), gates, tta, operating_point)
 
 
 # ---- resuming: RNG state and the best checkpoint ------------------------------------------

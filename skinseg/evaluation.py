@@ -13,8 +13,9 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from skinseg.checkpoint import (check_ensemble_target, decision_thresholds, ensemble_from_state, ensemble_state,
-                                load_checkpoint, load_for_inference, load_members, ready_for_inference, save_checkpoint)
+from skinseg.checkpoint import (DecisionRule, check_ensemble_target, decision_thresholds, ensemble_from_state,
+                                ensemble_state, load_checkpoint, load_for_inference, load_members, ready_for_inference,
+                                save_checkpoint)
 from skinseg.data.augment import eval_transform
 from skinseg.data.cache import build_cache, read_mask
 from skinseg.data.dataset import ISICDataset, make_loader
@@ -37,9 +38,8 @@ def evaluate_checkpoint(checkpoint, data_root, split: str = "val", tta: str | No
     loader = make_loader(cfg, split, train=False)
     if not loader.dataset.cache.has_masks:
         raise DataError(f"split {split!r} below {data_root} has no ground truth; use `skinseg predict` instead")
-    thresholds = decision_thresholds(state, operating_point, checkpoint) if tuned else [0.5] * cfg.classes
-    gates = state["gates"] if tuned and cfg.aux_head and operating_point == "micro" else None
-    return evaluate_model(model, loader, dev, thresholds, gates, tta=tta or cfg.tta, amp_dtype=amp_dtype,
+    rule = DecisionRule.from_checkpoint(state, cfg, checkpoint, operating_point, tuned, tta)
+    return evaluate_model(model, loader, dev, rule.thresholds, rule.gates, tta=rule.tta, amp_dtype=amp_dtype,
                           channels_last=cfg.channels_last, per_image=per_image, reduce=False)
 
 
@@ -50,10 +50,10 @@ def operating_points(result: EvalResult, checkpoint) -> dict[str, dict]:
     The per-attribute scores come from the evaluation's threshold histograms: exact, ungated. ``checkpoint``: a
     path, or the checkpoint's state already loaded (a mapping)."""
     state = checkpoint if isinstance(checkpoint, Mapping) else load_checkpoint(checkpoint, mmap=True)
-    out = {"micro": {"thresholds": [float(t) for t in state["thresholds"]], "scores": result.scores}}
-    each = state.get("thresholds_per_attribute")
-    if each is not None:
-        out["per_attribute"] = {"thresholds": [float(t) for t in each], "scores": result.sweep.scores(each)}
+    out = {"micro": {"thresholds": decision_thresholds(state, "micro", checkpoint), "scores": result.scores}}
+    if state.get("thresholds_per_attribute") is not None:
+        each = decision_thresholds(state, "per_attribute", checkpoint)
+        out["per_attribute"] = {"thresholds": each, "scores": result.sweep.scores(each)}
     return out
 
 
@@ -79,15 +79,14 @@ def predict_folder(checkpoint, images_dir, out_dir, tta: str | None = None, devi
         raise DataError(f"image folder {images_dir} does not exist")
     check_submission_folder(out_dir)  # before any work
     model, cfg, state, dev, amp_dtype = load_for_inference(checkpoint, device)
-    thresholds = decision_thresholds(state, operating_point, checkpoint) if tuned else [0.5] * len(ATTRIBUTES)
+    rule = DecisionRule.from_checkpoint(state, cfg, checkpoint, operating_point, tuned, tta)
     split = image_split("predict", images_dir)
     if not split.ids:
         raise DataError(f"no ISIC_<7 digits>.jpg images in {images_dir}")
     cache = build_cache(split, cfg.image_size, cfg.resize_mode)
     loader = make_loader(cfg.replace(num_workers=num_workers), "test", train=False,
                          dataset=ISICDataset(cache, eval_transform(cfg)))
-    gates = state["gates"] if tuned and cfg.aux_head and operating_point == "micro" else None
-    return write_submission(model, loader, out_dir, dev, thresholds, gates, tta=tta or cfg.tta,
+    return write_submission(model, loader, out_dir, dev, rule.thresholds, rule.gates, tta=rule.tta,
                             amp_dtype=amp_dtype, channels_last=cfg.channels_last)
 
 

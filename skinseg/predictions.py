@@ -93,19 +93,18 @@ def collect_predictions(checkpoint: str | Path, data_root: str | Path, split: st
     :func:`skinseg.inference.evaluate_model` at the ground truth's original resolution (a second pass over the
     split). ``limit`` keeps the first images only.
     """
-    from skinseg.checkpoint import load_for_inference
+    from skinseg.checkpoint import DecisionRule, load_for_inference
     from skinseg.data.dataset import ISICDataset, make_dataset, make_loader
     from skinseg.inference import decide, evaluate_model, predict_batches
 
     model, cfg, state, dev, amp_dtype = load_for_inference(checkpoint, device)
     cfg = cfg.replace(data_root=str(data_root), num_workers=num_workers)
-    tta = tta or cfg.tta
+    rule = DecisionRule.from_checkpoint(state, cfg, checkpoint, tta=tta)
+    tta, thresholds, gates = rule.tta, rule.thresholds, rule.gates
     dataset = make_dataset(cfg, split, train=False)
     if limit is not None:
         dataset = ISICDataset(dataset.cache, dataset.transform, dataset.indices[:limit])
     loader = make_loader(cfg, split, train=False, dataset=dataset)
-    thresholds = [float(t) for t in state["thresholds"]]
-    gates = state["gates"] if cfg.aux_head else None
     pred = [decide(pb.probs, thresholds, pb.presence, gates).cpu().numpy()
             for pb in predict_batches(model, loader, dev, tta, amp_dtype, cfg.channels_last)]
     cache, indices = dataset.cache, dataset.indices

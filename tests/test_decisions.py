@@ -217,3 +217,27 @@ def test_study_tables_group_architectures_with_their_seed_spread():
     found = curves(table.assign(config=table.apply(run_config, axis=1)))
     assert list(found) == ["a_unet (seed 42)", "d_lite0 (seed 42)"]
     assert found["a_unet (seed 42)"].to_dict() == {1: 0.2, 2: 0.3}
+
+
+def test_the_decision_rule_is_read_from_a_checkpoint_in_one_place():
+    from skinseg.checkpoint import DecisionRule
+    from skinseg.config import Config
+    from skinseg.errors import CheckpointError
+
+    state = {"thresholds": [0.3] * 5, "thresholds_per_attribute": [0.6, 0.7, 0.8, 0.9, 0.95], "gates": [0.1] * 5}
+    head = Config(aux_head=True, tta="hflip")
+    micro = DecisionRule.from_checkpoint(state, head, "x.pt")
+    assert (micro.thresholds, micro.gates, micro.tta, micro.operating_point) == ([0.3] * 5, [0.1] * 5, "hflip", "micro")
+    each = DecisionRule.from_checkpoint(state, head, "x.pt", "per_attribute", tta="none")
+    assert each.thresholds == [0.6, 0.7, 0.8, 0.9, 0.95] and each.gates is None and each.tta == "none"
+    assert DecisionRule.from_checkpoint(state, Config(), "x.pt").gates is None  # no presence head, no gates
+    untuned = DecisionRule.from_checkpoint(state, head, "x.pt", tuned=False)
+    assert untuned.thresholds == [0.5] * 5 and untuned.gates is None and untuned.operating_point == "untuned"
+    with pytest.raises(CheckpointError, match="x.pt holds no per-attribute thresholds"):
+        DecisionRule.from_checkpoint({**state, "thresholds_per_attribute": None}, head, "x.pt", "per_attribute")
+    # nothing else reads a checkpoint's thresholds or gates
+    from skinseg.paths import PROJ_ROOT
+
+    readers = sorted(str(p.relative_to(PROJ_ROOT)) for p in (PROJ_ROOT / "skinseg").rglob("*.py")
+                     if 'state["gates"]' in p.read_text() or 'state["thresholds"]' in p.read_text())
+    assert readers == ["skinseg/checkpoint.py"], readers
