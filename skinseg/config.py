@@ -435,12 +435,10 @@ def _one_line(error: ValidationError, values: dict[str, Any]) -> str:
     """pydantic's first error as the one line the command line prints: the key, what it must be, what it got."""
     first = error.errors()[0]
     loc, kind = first["loc"], first["type"]
-    if not loc and kind == "value_error":
-        return str(first["ctx"]["error"])
+    if kind == "value_error" and isinstance(first.get("ctx", {}).get("error"), ConfigError):
+        return str(first["ctx"]["error"])  # a cross-key check of _check_combinations: its own message
     key = str(loc[0])
     value = values.get(key)
-    if kind == "value_error" and isinstance(first.get("ctx", {}).get("error"), ConfigError):
-        return str(first["ctx"]["error"])
     if value is None and key in values:
         return f"{key} cannot be null"
     if kind == "literal_error":
@@ -555,12 +553,9 @@ def markdown() -> str:
              "(`data_root`, `output_dir`, `results_file`) start at the project root.", ""]
     for name, info in Config.model_fields.items():
         if name in GROUPS:
-            lines += [f"## {GROUPS[name]}", "", "| key | default | accepts | meaning |", "|---|---|---|---|"]
+            lines += ([""] if lines[-1] else []) + [f"## {GROUPS[name]}", "", "| key | default | accepts | meaning |",
+                                                   "|---|---|---|---|"]
         lines.append(f"| `{name}` | `{_default_text(info)}` | {_allowed_text(name)} | {info.description} |")
-        if list(Config.model_fields).index(name) + 1 < len(Config.model_fields):
-            following = list(Config.model_fields)[list(Config.model_fields).index(name) + 1]
-            if following in GROUPS:
-                lines.append("")
     return "\n".join(lines) + "\n"
 
 
