@@ -22,10 +22,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from skinseg.checkpoint import load_for_inference  # noqa: E402
 from skinseg.data.dataset import make_loader  # noqa: E402
-from skinseg.inference import predict_batches  # noqa: E402
-from skinseg.metrics import Scores, ThresholdSweep, scores_from_counts  # noqa: E402
+from skinseg.metrics import ThresholdSweep  # noqa: E402
+from skinseg.predict.load import load_for_inference  # noqa: E402
+from skinseg.predict.loop import predict_batches  # noqa: E402
+from skinseg.scoring import Scores, scores_from_counts  # noqa: E402
 
 RULES = ("none", "peak1", "peak9", "peak31", "mean")
 CUTOFFS = (0.0,) + tuple(float(c) for c in np.round(np.arange(0.1, 1.0, 0.05), 3))

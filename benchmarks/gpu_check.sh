@@ -71,7 +71,7 @@ fi
 echo "== training step (batch 32, 256 px, channels_last)"
 rm -f "$OUT_DIR/train_step.jsonl"
 "$PY" benchmarks/train_step.py "${STEP[@]}" --channels-last on --json "$OUT_DIR/train_step.jsonl" \
-  --models unet,unet-convnext-attention,unet-convnext-attention:tf_efficientnet_lite0,unet-convnext-attention:tf_efficientnet_lite2
+  --models unet,unet-timm-attention,unet-timm-attention:tf_efficientnet_lite0,unet-timm-attention:tf_efficientnet_lite2
 echo "== DataLoader alone"
 # each stage has its own time limit, so that one that stalls leaves the others their time (and says so)
 timeout "${LOADER_LIMIT:-150}" "$PY" benchmarks/data_pipeline.py "${LOADER[@]}" --data "${LOADER_DATA:-$DATA}" 2>/dev/null \

@@ -46,7 +46,7 @@ echo "trainings ended after $(( $(date +%s) - start )) s"
 "$PY" - "$OUT_DIR" "$DATA" <<'PY'
 import sys
 from pathlib import Path
-from skinseg.evaluation import evaluate_checkpoint
+from skinseg.predict.evaluate import evaluate_checkpoint
 from skinseg.runs import RunFolder, best_checkpoint, find_runs, read_metrics
 print("| run | epochs | s/epoch (shared GPU) | wall s | best epoch | dev tuned | val tuned | PN | NN | streaks | MLC | globules | ended |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")

@@ -18,7 +18,7 @@ PRECISION = {"bf16": "bf16", "fp16": "fp16", "off": "fp32"}
 
 
 def model_spec(cfg: dict) -> str:
-    return f"{cfg['model']}:{cfg['encoder']}" if cfg["model"] == "unet-convnext-attention" and \
+    return f"{cfg['model']}:{cfg['encoder']}" if cfg["model"] in ("unet-timm-attention", "unet-convnext-attention") and \
         cfg["encoder"] != "convnext_tiny" else cfg["model"]
 
 

@@ -1,4 +1,5 @@
-"""Seconds of `skinseg score` (skinseg.evaluation.score_submission) on a 1000-image submission.
+"""Seconds of `skinseg score` on a 1000-image submission: the whole command (a fresh ``python -m skinseg score``,
+imports included; the goal is 1.5 s on 2 cores), its imports alone, and the work (skinseg.scoring.score_submission).
 
 Writes, seeded, a split of 1000 images with 5 ground-truth masks each (256 px, 0/255 PNGs, attributes present with
 the real train split's prevalence, one to three ellipses each) and a submission of the same masks shifted by a few
@@ -15,6 +16,8 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,11 +29,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from skinseg.data.cache import read_mask  # noqa: E402
 from skinseg.data.isic import ATTRIBUTES, SPLIT_FOLDERS, get_split, mask_name  # noqa: E402
+from skinseg.data.masks import read_mask  # noqa: E402
 from skinseg.data.synth import DEFAULT_PREVALENCE  # noqa: E402
-from skinseg.evaluation import score_submission  # noqa: E402
-from skinseg.metrics import OfficialScore, Scores  # noqa: E402
+from skinseg.metrics import OfficialScore  # noqa: E402
+from skinseg.scoring import Scores, score_submission  # noqa: E402
 
 
 def score_per_image(pred_dir: Path, root: Path, split: str) -> Scores:
@@ -107,6 +110,18 @@ def timed(fn, repeats: int, warmup: bool = True) -> tuple[float, Scores]:
     return statistics.median(times), scores
 
 
+def command_seconds(args: list[str], repeats: int) -> float:
+    """Median wall seconds of ``python <args>`` run as a fresh process (after one untimed run)."""
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    times = []
+    for k in range(repeats + 1):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, *args], check=True, env=env, stdout=subprocess.DEVNULL)
+        if k:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def assert_same(a: Scores, b: Scores) -> float:
     """Largest difference between two scores' numbers; fails above 1e-9."""
     ja, jb = a.to_official_json(), b.to_official_json()
@@ -130,6 +145,11 @@ def main() -> None:
         kind = "every mask non-empty" if args.dense else "real prevalence"
         print(f"{args.images} images x {len(ATTRIBUTES)} masks, {args.size} px ({kind}, seed {args.seed}), "
               f"{os.cpu_count()} CPUs, files in the page cache")
+        command_s = command_seconds(["-m", "skinseg", "score", "--submission", str(sub), "--data", str(root),
+                                     "--split", "val"], args.repeats)
+        import_s = command_seconds(["-c", "import skinseg.cli, skinseg.scoring"], args.repeats)
+        print(f"`skinseg score` as a command: {command_s:.3f} s (median of {args.repeats}; goal 1.5 s), of which "
+              f"starting Python and importing: {import_s:.3f} s")
         fast_s, fast = timed(lambda: score_submission(sub, root, "val"), args.repeats)
         print(f"score_submission: {fast_s:.3f} s (median of {args.repeats}), {args.images / fast_s:.0f} images/s, "
               f"overall {fast.overall:.6f}")

@@ -4,7 +4,7 @@ runs for `amp: bf16` (``skinseg.runtime.amp_for_model``): on a CPU, fp32 whereve
 
     .venv/bin/python benchmarks/train_step.py [--steps 3] [--batch 8] [--size 256] [--models unet,...]
 
-A model is a registry name, optionally with an encoder: ``unet-convnext-attention:tf_efficientnet_lite0``.
+A model is a registry name, optionally with an encoder: ``unet-timm-attention:tf_efficientnet_lite0``.
 """
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--size", type=int, default=256)
-    p.add_argument("--models", default=",".join([*MODEL_NAMES, "unet-convnext-attention:tf_efficientnet_lite0"]))
+    p.add_argument("--models", default=",".join([*MODEL_NAMES, "unet-timm-attention:tf_efficientnet_lite0"]))
     p.add_argument("--channels-last", default="both", choices=("both", "on", "off"))
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--json", help="also append one JSON line per row to this file")

@@ -1,5 +1,5 @@
-"""The checkpoint file, one module that writes it and reads it back: for resuming a run, for predicting, and
-for ensembles.
+"""The checkpoint file, one module that writes it and reads it back: for resuming a run, and for predicting
+(:mod:`skinseg.predict.load` builds the model from it; :mod:`skinseg.predict.ensemble` writes the ensemble file).
 
 A checkpoint is a ``torch.save`` dict marked ``format: skinseg-checkpoint-v1`` holding everything needed to
 continue or rebuild: weights (EMA weights when EMA is on, the raw ones beside them), optimizer, scheduler, grad
@@ -16,7 +16,6 @@ import io
 import pickle
 import random
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,6 @@ import torch
 from skinseg.config import N_ATTRIBUTES, Config
 from skinseg.errors import CheckpointError, DiskFullError
 from skinseg.files import ensure_space, is_disk_full, space_message, write_atomic
-from skinseg.runtime import amp_for_model, pick_amp, pick_device
 
 FORMAT = "skinseg-checkpoint-v1"
 ENSEMBLE_KIND = "ensemble"
@@ -136,42 +134,6 @@ def checkpoint_config(values: dict, source: str) -> Config:
     return cfg.replace(pretrained=False, pretrained_path=None, load=None)
 
 
-def decision_thresholds(state: dict[str, Any], operating_point: str, path: str | Path) -> list[float]:
-    """The thresholds of a checkpoint at an operating point: ``micro`` (tuned for the overall score, the
-    leaderboard's) or ``per_attribute`` (each attribute's own best, tuned on the same split)."""
-    if operating_point == "micro":
-        return [float(t) for t in state["thresholds"]]
-    values = state.get("thresholds_per_attribute")
-    if values is None:
-        raise CheckpointError(f"checkpoint {path} holds no per-attribute thresholds (written before skinseg stored "
-                              "them, or trained with tune_thresholds: false); use --operating-point micro, or "
-                              "retrain")
-    return [float(t) for t in values]
-
-
-@dataclass(frozen=True)
-class DecisionRule:
-    """How a checkpoint's probabilities become masks: per-attribute thresholds at an operating point, the presence
-    gates (a model with a presence head, at the micro operating point), and the flip TTA. Read from a checkpoint in
-    this one place (:meth:`from_checkpoint`), for evaluation, prediction and the figures alike."""
-
-    thresholds: list[float]
-    gates: list[float] | None
-    tta: str
-    operating_point: str  # micro, per_attribute, or untuned (0.5 everywhere)
-
-    @classmethod
-    def from_checkpoint(cls, state: dict[str, Any], cfg: Config, path: str | Path, operating_point: str = "micro",
-                        tuned: bool = True, tta: str | None = None) -> "DecisionRule":
-        """The checkpoint's tuned thresholds at ``operating_point`` (its gates too, at the micro one), or 0.5
-        everywhere and no gates when not ``tuned``; ``tta`` None takes the run's."""
-        tta = tta or cfg.tta
-        if not tuned:
-            return cls([0.5] * cfg.classes, None, tta, "untuned")
-        gates = [float(g) for g in state["gates"]] if cfg.aux_head and operating_point == "micro" else None
-        return cls(decision_thresholds(state, operating_point, path), gates, tta, operating_point)
-
-
 # ---- resuming: RNG state and the best checkpoint ------------------------------------------
 def rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
@@ -210,85 +172,6 @@ def repair_best(best: Path, last_state: dict[str, Any]) -> bool:
     return True
 
 
-# ---- ensembles ----------------------------------------------------------------------------
+# ---- the ensemble file's marker ------------------------------------------------------------
 def is_ensemble(state: dict) -> bool:
     return state.get("kind") == ENSEMBLE_KIND
-
-
-def load_members(checkpoints: list[str | Path]) -> tuple[list[dict], list[Config]]:
-    """The states and configs of would-be ensemble members (ensembles themselves are refused)."""
-    states = [load_checkpoint(p) for p in checkpoints]
-    for p, s in zip(checkpoints, states):
-        if is_ensemble(s):
-            raise CheckpointError(f"{p} is itself an ensemble; list its member checkpoints instead")
-        check_for_inference(s, p)
-    return states, [checkpoint_config(s["config"], str(p)) for p, s in zip(checkpoints, states)]
-
-
-def check_ensemble_target(out: str | Path, members: list[str | Path]) -> Path:
-    """``out`` resolved, when an ensemble file may be written there: a new file, or an older ensemble file (which
-    only ``skinseg ensemble`` writes). A member, another checkpoint, any other file, a folder, a ground-truth
-    folder or a read-only folder is refused before any work."""
-    from skinseg.files import check_file_target
-
-    hint = "name a new file, e.g. --out runs/ensemble.pt"
-    if Path(out).expanduser().resolve() in {Path(p).expanduser().resolve() for p in members}:
-        raise CheckpointError(f"--out {out} is one of the member checkpoints and would be overwritten; {hint}")
-    return check_file_target(out, "--out", _is_ensemble_file, "an ensemble file that `skinseg ensemble` wrote", hint)
-
-
-def _is_ensemble_file(path: Path) -> bool:
-    try:
-        return is_ensemble(load_checkpoint(path, mmap=True))
-    except CheckpointError:
-        return False
-
-
-def ensemble_state(checkpoints: list[str | Path], states: list[dict], cfg: Config) -> dict[str, Any]:
-    """The state of an ensemble file: the ensemble's config and every member's config and weights."""
-    return {"kind": ENSEMBLE_KIND, "config": cfg.to_dict(),
-            "members": [{"source": str(p), "config": s["config"], "model": s["model"]}
-                        for p, s in zip(checkpoints, states)]}
-
-
-def ensemble_from_state(state: dict, source: str):
-    """The ensemble model and its config from an ensemble file's state (members' configs and weights)."""
-    from skinseg.ensemble import ModelEnsemble
-    from skinseg.models import model_from_config
-
-    members, sizes = [], []
-    for k, member in enumerate(state["members"]):
-        cfg = checkpoint_config(member["config"], f"{source} (member {k}: {member.get('source', '?')})")
-        model = model_from_config(cfg)
-        load_model_weights(model, member, f"{source} member {k}")
-        members.append(model)
-        sizes.append(cfg.image_size)
-    cfg = checkpoint_config(state["config"], source)
-    return ModelEnsemble(members, sizes, cfg.image_size), cfg
-
-
-# ---- predicting ---------------------------------------------------------------------------
-def load_for_inference(checkpoint: str | Path, device: str = "auto"):
-    """(model in eval mode, config, checkpoint state, device, amp dtype) from a checkpoint or ensemble file."""
-    from skinseg.models import model_from_config
-
-    state = load_checkpoint(checkpoint)
-    check_for_inference(state, checkpoint)
-    if is_ensemble(state):
-        model, cfg = ensemble_from_state(state, str(checkpoint))
-    else:
-        cfg = checkpoint_config(state["config"], str(checkpoint))
-        model = model_from_config(cfg)
-        load_model_weights(model, state, checkpoint)
-    model, dev, amp_dtype = ready_for_inference(model, cfg, device)
-    return model, cfg, state, dev, amp_dtype
-
-
-def ready_for_inference(model: torch.nn.Module, cfg: Config, device: str):
-    """The model on its device in eval mode (channels_last when configured), the device and the amp dtype."""
-    dev = pick_device(device)
-    model = model.to(dev).eval()
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    amp_dtype, _ = amp_for_model(pick_amp(cfg.amp, dev)[0], dev, model)
-    return model, dev, amp_dtype

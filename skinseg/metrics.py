@@ -1,23 +1,16 @@
-"""The official ISIC 2018 Task 2 score, as streaming accumulators.
+"""The official ISIC 2018 Task 2 score as streaming accumulators on the device (:class:`OfficialScore`), the
+threshold sweep that tunes decisions on it exactly (:class:`ThresholdSweep`), and image-level presence AUC.
 
-Per image and attribute: binarize truth and prediction, count TP, FP, FN, TN and divide them by the image's
-pixel count, so every image weighs the same whatever its size; sum over all images. Per-attribute Jaccard =
-TP / (TP + FP + FN) and Dice = 2TP / (2TP + FP + FN) from that attribute's sums (1.0 when TP + FP + FN = 0).
-The overall score, the leaderboard number, is the micro average: the Jaccard of the sums over all images and
-all attributes. The macro average (mean of per-attribute Jaccards) is reported beside it.
+The formula itself (per-image normalized TP, FP, FN, TN; Jaccard from their sums; the micro average as the
+leaderboard number) lives in :mod:`skinseg.scoring`, torch-free; these accumulators run it on tensors.
 """
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from skinseg.data.isic import ATTRIBUTES
-
-
-def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
-    return torch.where(den > 0, num / den.clamp_min(1e-30), torch.ones_like(num))
+from skinseg.scoring import Scores, normalized_counts, scores_from_counts
 
 
 def sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
@@ -29,55 +22,6 @@ def sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
     out = tensor.cuda() if torch.distributed.get_backend() == "nccl" else tensor.clone()
     torch.distributed.all_reduce(out)
     return out.to(tensor.device)
-
-
-@dataclass
-class Scores:
-    """Per-attribute and averaged Jaccard/Dice of one evaluation."""
-
-    jaccard: dict[str, float]
-    dice: dict[str, float]
-    micro_jaccard: float
-    micro_dice: float
-    macro_jaccard: float
-    macro_dice: float
-
-    @property
-    def overall(self) -> float:
-        """The leaderboard number: micro-averaged Jaccard."""
-        return self.micro_jaccard
-
-    def to_official_json(self) -> dict:
-        """Shaped like the official scorer's output."""
-        out: dict = {a: {"jaccard": self.jaccard[a], "dice": self.dice[a]} for a in self.jaccard}
-        out["micro_average"] = {"jaccard": self.micro_jaccard, "dice": self.micro_dice}
-        out["macro_average"] = {"jaccard": self.macro_jaccard, "dice": self.macro_dice}
-        out["overall"] = self.micro_jaccard
-        return out
-
-    def flat(self, prefix: str = "") -> dict[str, float]:
-        """Flat columns for metrics.csv."""
-        row = {f"{prefix}jaccard_{a}": v for a, v in self.jaccard.items()}
-        row.update({f"{prefix}dice_{a}": v for a, v in self.dice.items()})
-        row.update({f"{prefix}jaccard": self.micro_jaccard, f"{prefix}dice": self.micro_dice,
-                    f"{prefix}macro_jaccard": self.macro_jaccard})
-        return row
-
-
-def scores_from_counts(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor,
-                       attributes: tuple[str, ...] = ATTRIBUTES) -> Scores:
-    tp, fp, fn = (t.double().cpu() for t in (tp, fp, fn))
-    jac = _ratio(tp, tp + fp + fn)
-    dice = _ratio(2 * tp, 2 * tp + fp + fn)
-    T, P, N = tp.sum(), fp.sum(), fn.sum()
-    return Scores(
-        jaccard={a: float(v) for a, v in zip(attributes, jac)},
-        dice={a: float(v) for a, v in zip(attributes, dice)},
-        micro_jaccard=float(_ratio(T, T + P + N)),
-        micro_dice=float(_ratio(2 * T, 2 * T + P + N)),
-        macro_jaccard=float(jac.mean()),
-        macro_dice=float(dice.mean()),
-    )
 
 
 class OfficialScore:
@@ -115,18 +59,14 @@ class OfficialScore:
         """Add images by their pixel counts, B x C each (tensors or arrays): positive in prediction and truth
         (``both``), in the prediction, in the truth; ``pixels`` is each image's pixel count (B, or one number).
 
-        The official formula: TP, FP, FN and TN of each image and attribute divided by the image's pixel count.
+        The official formula (:func:`skinseg.scoring.normalized_counts`): TP, FP, FN and TN of each image and
+        attribute divided by the image's pixel count.
         """
-        tp, pred, truth = (torch.as_tensor(x).double() for x in (both, pred, truth))
-        if not isinstance(pixels, int):
-            pixels = torch.as_tensor(pixels, dtype=torch.float64, device=tp.device).reshape(-1, 1)
-        fp, fn = pred - tp, truth - tp
-        tn = pixels - tp - fp - fn
-        batch = (torch.stack([tp, fp, fn, tn]) / pixels).sum(1)  # normalized per image, summed over the batch
+        batch = normalized_counts(*(torch.as_tensor(x) for x in (both, pred, truth)), pixels)
         if self.counts.device != batch.device:
             self.counts = self.counts.to(batch.device)
         self.counts += batch
-        self.images += tp.shape[0]
+        self.images += len(both)
 
     def all_reduce(self) -> None:
         """Sum the counts across DDP ranks (no-op without an initialized process group)."""
@@ -172,7 +112,7 @@ class ThresholdSweep:
             probs, target = probs[None], target[None]
             presence = None if presence is None else presence[None]
         b, c, h, w = probs.shape
-        # NaN counted as 0: evaluation checks finiteness once, after the loop (inference.raise_non_finite)
+        # NaN counted as 0: evaluation checks finiteness once, after the loop (skinseg.predict.loop.raise_non_finite)
         idx = (probs.float().nan_to_num(0.0).clamp(0, 1) * self.bins).long().clamp_max(self.bins - 1)
         idx = idx.reshape(b, c, -1)
         t = (target > 0.5).reshape(b, c, -1)

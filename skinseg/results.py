@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from skinseg.choices import MODEL_ALIASES
 from skinseg.data.isic import ATTRIBUTES
 from skinseg.files import write_atomic
 from skinseg.paths import resolve
@@ -66,6 +67,8 @@ def read_results(path: str | Path) -> pd.DataFrame:
     table = pd.read_csv(resolve(path))
     if not len(table):
         return table
+    if "model" in table:  # rows written under a model's former name
+        table["model"] = table["model"].replace(MODEL_ALIASES)
     table["config"] = table.apply(run_config, axis=1)
     if not {"checkpoint_rule", "checkpoint_epoch", "epochs", "val_micro_overall"} <= set(table):
         return table  # a sweep's comparison table
@@ -127,16 +130,18 @@ def curves(table: pd.DataFrame) -> dict[str, pd.Series]:
 def run_row(run_dir: str | Path, progress: bool = False) -> dict[str, Any]:
     """The comparison row of a finished run (evaluates its chosen checkpoint on dev and val)."""
     from skinseg.checkpoint import load_checkpoint
-    from skinseg.evaluation import evaluate_checkpoint, operating_points
+    from skinseg.models.registry import MODELS
+    from skinseg.predict.evaluate import evaluate_checkpoint, operating_points
 
     run = RunFolder(run_dir)
     cfg = run.config()
     checkpoint = run.chosen
     state = load_checkpoint(checkpoint, mmap=True)
     _, epochs = run.metrics()
+    model = MODEL_ALIASES.get(cfg["model"], cfg["model"])
     row: dict[str, Any] = {
-        "run": run.path.name, "model": cfg["model"],
-        "encoder": cfg["encoder"] if cfg["model"] == "unet-convnext-attention" else "",
+        "run": run.path.name, "model": model,
+        "encoder": cfg["encoder"] if MODELS[model].pretrained_encoder else "",  # the others take no encoder
         "pretrained": bool(cfg.get("pretrained")), "seed": cfg["seed"], "epochs": len(epochs),
         "params": sum(v.numel() for v in state["model"].values() if v.is_floating_point()),
         "s_per_epoch": float(epochs["epoch_seconds"].mean()),

@@ -1,7 +1,7 @@
 """The prediction browser: a checkpoint's masks over each image of a split, in JupyterLab.
 
-:class:`PredictionBrowser` is the ipywidgets UI over one or more :class:`skinseg.predictions.PredictionSet`;
-:func:`browse` collects the sets (:func:`skinseg.predictions.collect_predictions`) and opens the browser.
+:class:`PredictionBrowser` is the ipywidgets UI over one or more :class:`skinseg.predict.collect.PredictionSet`;
+:func:`browse` collects the sets (:func:`skinseg.predict.collect.collect_predictions`) and opens the browser.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 
 from skinseg.data.isic import ATTRIBUTES
 from skinseg.overlay import ATTRIBUTE_COLOURS, compare_overlay, legend_html
-from skinseg.predictions import PredictionSet, collect_predictions
+from skinseg.predict.collect import PredictionSet, collect_predictions
 
 VIEWS = {"ground truth": "truth", "prediction": "prediction", "both": "both"}
 VIEW_NOTES = {"truth": "filled: ground truth", "prediction": "filled: prediction",

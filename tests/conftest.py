@@ -211,3 +211,16 @@ def write_blocks(root, n=4):
                 image[m > 0] = colours[k]
             Image.fromarray(m, mode="L").save(gt_dir / mask_name(f"ISIC_{i:07d}", a))
         Image.fromarray(image).save(img_dir / f"ISIC_{i:07d}.jpg", quality=95)
+
+
+def train_quietly(cfg):
+    """Train ``cfg`` without progress bars; the training summary."""
+    from skinseg.train import train
+
+    return train(cfg, progress=False)
+
+
+@pytest.fixture
+def tiny_run(small_root, tmp_path, cache_root) -> Path:
+    """The run folder of one epoch on ``small_root`` (the tiny config)."""
+    return Path(train_quietly(tiny_config(small_root, tmp_path, epochs=1))["run_dir"])

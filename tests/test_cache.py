@@ -4,12 +4,17 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import torch
 import pytest
+import torch
 from PIL import Image
 
+from conftest import write_split
+from skinseg.config import Config
+from skinseg.data.augment import eval_transform
 from skinseg.data.cache import SplitCache, build_cache, fingerprint, letterbox_box
-from skinseg.data.isic import ATTRIBUTES, DataError, get_split
+from skinseg.data.dataset import ISICDataset
+from skinseg.data.isic import ATTRIBUTES, DataError, SPLIT_FOLDERS, get_split
+from skinseg.errors import DiskFullError
 
 
 def test_cache_round_trip_keeps_ids_sizes_and_masks(tiny_root, cache_root):
@@ -52,7 +57,7 @@ def test_pad_mode_letterboxes_and_maps_back(tiny_root, cache_root):
     assert cache.boxes[0].tolist() == [4, 0, 24, 32]
     assert cache.images[0, :4].max() == 0 and cache.images[0, 28:].max() == 0
     probs = np.stack([cache.mask(0)[a].astype(np.float32) for a in range(5)])
-    from skinseg.inference import to_original
+    from skinseg.predict.loop import to_original
 
     back = to_original(torch.from_numpy(probs), (48, 64), tuple(int(v) for v in cache.boxes[0])).numpy()
     assert back.shape == (5, 48, 64)
@@ -193,3 +198,105 @@ def test_a_concurrent_build_that_finishes_first_is_used(tiny_root, cache_root, m
     with pytest.raises(PermissionError):
         build_cache(split, size=32, progress=False)
     assert not list(cache_root.glob(".*")) and _no_cache_left(cache_root)
+
+
+def test_a_second_data_root_at_the_same_size_leaves_the_first_roots_live_cache_alone(tmp_path, cache_root):
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_split(a, "train", [(40, 32)] * 3, seed=1)
+    write_split(b, "train", [(40, 32)] * 3, seed=7, first_id=10)
+    cache_a = build_cache(get_split(a, "train"), size=32, progress=False)
+    live = ISICDataset(cache_a, eval_transform(Config()))
+    before = live[0]["mask"].clone()
+    assert before.sum() > 0
+    cache_b = build_cache(get_split(b, "train"), size=32, progress=False)
+    assert cache_b.path != cache_a.path and cache_a.path.exists()
+    assert sorted(p.name.split("-")[3] for p in cache_root.iterdir()) == sorted(
+        {cache_a.path.name.split("-")[3], cache_b.path.name.split("-")[3]})  # two sources, two keys
+    sample = live[0]
+    assert "mask" in sample and torch.equal(sample["mask"], before)
+    # a rebuild of root a (its files changed) replaces only a's cache; the open dataset keeps reading its mapping
+    img = get_split(a, "train").image_path("ISIC_0000000")
+    Image.fromarray(np.zeros((32, 40, 3), np.uint8)).save(img)
+    rebuilt = build_cache(get_split(a, "train"), size=32, progress=False)
+    assert rebuilt.path != cache_a.path and not cache_a.path.exists() and cache_b.path.exists()
+    assert torch.equal(live[0]["mask"], before)
+
+
+def test_a_cache_that_does_not_fit_is_refused_before_writing(tiny_root, tmpfs, monkeypatch):
+    disk = tmpfs("cache", size="64k")
+    monkeypatch.setenv("SKINSEG_CACHE_DIR", str(disk))
+    with pytest.raises(DiskFullError, match=r"not enough disk space.*MB free.*MB needed"):
+        build_cache(get_split(tiny_root, "train"), size=256, progress=False)
+    assert list(disk.iterdir()) == []
+
+
+def test_a_disk_that_fills_during_the_cache_build_is_an_error_and_the_partial_cache_is_removed(tiny_root, tmpfs,
+                                                                                                monkeypatch):
+    import shutil as sh
+
+    from skinseg.data import cache as cache_mod
+
+    disk = tmpfs("cache", size="256k")
+    monkeypatch.setenv("SKINSEG_CACHE_DIR", str(disk))
+    real = sh.disk_usage
+    monkeypatch.setattr(cache_mod.shutil, "disk_usage", lambda p: real(p)._replace(free=2**40))  # the check passes
+    with pytest.raises(DiskFullError, match="disk full while caching split 'train'.*partial cache was removed"):
+        build_cache(get_split(tiny_root, "train"), size=256, progress=False)
+    assert list(disk.iterdir()) == []
+
+
+def test_leftovers_of_dead_builds_are_removed_whatever_their_size(tiny_root, cache_root):
+    cache_root.mkdir(parents=True, exist_ok=True)
+    dead = cache_root / ".train-512-stretch-00000000-0000000000000000.tmp-999999999"
+    dead.mkdir()
+    (dead / "images.npy").write_bytes(b"x" * 10000)
+    build_cache(get_split(tiny_root, "train"), size=32, progress=False)
+    assert not dead.exists()
+
+
+def test_unexpected_file_names_are_reported_and_upper_case_jpg_is_read(tmp_path, cache_root):
+    root = tmp_path / "isic"
+    write_split(root, "train", [(40, 32)] * 3, seed=1)
+    img_dir = root / "train" / SPLIT_FOLDERS["train"][0]
+    (img_dir / "ISIC_0000002.jpg").rename(img_dir / "ISIC_0000002.JPG")
+    for name in ("photo.jpg", "ISIC_123.jpg", "notes.docx"):
+        (img_dir / name).write_bytes(b"x")
+    for name in ("LICENSE.txt", "ATTRIBUTION.txt", ".DS_Store", "ISIC_0000000_superpixels.png"):
+        (img_dir / name).write_bytes(b"x")
+    with pytest.warns(UserWarning, match=r"skipped 3 file\(s\) not named ISIC_<7 digits>\.jpg: ISIC_123\.jpg, "
+                                          r"notes\.docx, photo\.jpg"):
+        split = get_split(root, "train")
+    assert split.ids == ("ISIC_0000000", "ISIC_0000001", "ISIC_0000002")
+    cache = build_cache(split, size=32, progress=False)
+    assert len(cache) == 3 and cache.images[2].any()
+
+
+def test_two_files_for_one_image_id_are_an_error(tmp_path):
+    root = tmp_path / "isic"
+    write_split(root, "train", [(40, 32)] * 2, seed=1)
+    img_dir = root / "train" / SPLIT_FOLDERS["train"][0]
+    (img_dir / "ISIC_0000001.JPG").write_bytes((img_dir / "ISIC_0000001.jpg").read_bytes())
+    with pytest.raises(DataError, match="two files for ISIC_0000001"):
+        get_split(root, "train")
+
+
+def test_an_empty_jpeg_and_a_16_bit_mask_name_their_files(tiny_root, cache_root):
+    split = get_split(tiny_root, "train")
+    split.image_path(split.ids[0]).write_bytes(b"")
+    with pytest.raises(DataError, match=f"{split.ids[0]}.jpg is corrupt or truncated"):
+        build_cache(split, size=32, progress=False)
+    write_split(tiny_root, "train", [(64, 48)], seed=1)  # restore the image
+    mask = split.mask_path(split.ids[0], ATTRIBUTES[0])
+    Image.fromarray(np.full((48, 64), 65535, np.uint16)).save(mask)
+    with pytest.raises(DataError, match=f"{mask.name} has mode I;16"):
+        build_cache(get_split(tiny_root, "train"), size=32, progress=False)
+
+
+def test_two_concurrent_cache_builds_of_one_split_agree(tiny_root, cache_root):
+    from concurrent.futures import ThreadPoolExecutor
+
+    split = get_split(tiny_root, "train")
+    with ThreadPoolExecutor(2) as pool:
+        a, b = pool.map(lambda _: build_cache(split, size=32, progress=False, workers=1), range(2))
+    assert a.path == b.path and np.array_equal(a.images, b.images)
+    assert not [p for p in cache_root.iterdir() if ".tmp-" in p.name]

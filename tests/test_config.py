@@ -1,6 +1,7 @@
 import pytest
 import yaml
 
+from conftest import one_line_error
 from skinseg.config import Config, ConfigError, field_range, parse_overrides
 
 
@@ -27,7 +28,7 @@ def test_unknown_key_names_it_and_the_closest_valid_key(tmp_path):
 @pytest.mark.parametrize(
     "key,value,fragment",
     [
-        ("model", "unet++", "unet, unet-residual, unet-attention, unet-convnext-attention"),
+        ("model", "unet++", "unet, unet-residual, unet-attention, unet-timm-attention"),
         ("optimizer", "adamm", "adam, adamw, sgd, rmsprop, adabelief, adagrad"),
         ("scheduler", "polynomial", "reduce_lr, cosine, cosine_restart, step, exp, onecycle, poly"),
         ("init", "he", "xavier, kaiming, orthogonal, normal, none"),
@@ -93,7 +94,7 @@ def test_every_refusal_is_one_line_naming_the_key_what_it_accepts_and_what_it_go
     assert _refusal(epochs="many") == "epochs='many' is not a valid whole number"
     assert _refusal(epochs=None) == "epochs cannot be null"
     assert _refusal(lr=float("nan")) == "lr: must be a finite number, got nan"
-    assert _refusal(model="unet++").startswith("model: 'unet++' is not valid; choose one of unet, ")
+    assert _refusal(model="unet++").startswith("model: 'unet++' is not valid (did you mean 'unet'?); choose one of unet, ")
     assert _refusal(mean=[0.5, 0.5]) == "mean: needs three values (R, G, B), or null for the default"
     assert _refusal(aug_flip_p=True).startswith("aug_flip_p=True is not a valid number")
     assert _refusal(bilinear="yes").startswith("bilinear='yes' is not a valid true/false")
@@ -105,3 +106,43 @@ def test_every_refusal_is_one_line_naming_the_key_what_it_accepts_and_what_it_go
         Config(epoch=3)
     with pytest.raises(ConfigError, match=r"config\.yaml: lr"):
         Config.from_dict({"lr": 0}, source="config.yaml")
+
+
+@pytest.mark.parametrize("key, value", [("t_max", 2.5), ("dev_seed", 1.9), ("patience", 1.5), ("epochs", 2.5),
+                                        ("epochs", True), ("batch_size", False), ("lr", float("nan")),
+                                        ("lr", float("inf")), ("grad_clip", float("nan")), ("mean", [0.5, "x", 0.5]),
+                                        ("loss", {"bce": True})])
+def test_bad_numbers_are_refused_naming_the_key(key, value):
+    with pytest.raises(ConfigError, match=key):
+        Config.from_dict({key: value})
+
+
+def test_whole_floats_and_numeric_strings_still_read_as_integers():
+    cfg = Config.from_dict({"t_max": 3.0, "dev_seed": "7", "epochs": 4.0})
+    assert (cfg.t_max, cfg.dev_seed, cfg.epochs) == (3, 7, 4)
+
+
+def test_yaml_nan_and_booleans_are_refused_from_a_file(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("lr: .nan\n")
+    assert "lr" in one_line_error(capsys, ["train", "--config", str(cfg)])
+    cfg.write_text("epochs: true\n")
+    assert "epochs" in one_line_error(capsys, ["train", "--config", str(cfg)])
+
+
+def test_classes_other_than_five_is_refused_at_config_time():
+    with pytest.raises(ConfigError, match="classes: 3 is not supported.*must be 5"):
+        Config(classes=3)
+
+
+def test_set_values_that_are_not_yaml_are_one_line_errors(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("epochs: 1\n")
+    err = one_line_error(capsys, ["train", "--config", str(cfg), "--set", "loss={bce: [1"])
+    assert "--set" in err and "not valid YAML" in err
+
+
+def test_python_tags_in_yaml_are_refused(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("epochs: !!python/object/apply:os.system ['echo pwned']\n")
+    assert "not valid YAML" in one_line_error(capsys, ["train", "--config", str(cfg)])

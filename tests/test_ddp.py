@@ -65,7 +65,7 @@ def test_torchrun_two_cpu_processes(tmp_path):
     epochs = [r for r in rows if r["kind"] == "epoch"]
     assert len(steps) == 4 and len(epochs) == 2  # 8 images / 2 ranks / batch 2 = 2 steps per epoch
     # the logged validation score is the one of all 3 images, reduced across the ranks
-    from skinseg.evaluation import evaluate_checkpoint
+    from skinseg.predict.evaluate import evaluate_checkpoint
 
     os.environ["SKINSEG_CACHE_DIR"] = env["SKINSEG_CACHE_DIR"]
     try:

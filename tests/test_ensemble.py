@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from skinseg.config import Config, ConfigError
-from skinseg.ensemble import ModelEnsemble, ensemble_config
+from skinseg.predict.ensemble import ModelEnsemble, ensemble_config
 from skinseg.train import train
 from skinseg.checkpoint import load_checkpoint
 
@@ -60,7 +60,8 @@ def two_runs(tmp_path, cache_root):
 @pytest.mark.slow
 def test_ensemble_file_evaluates_and_predicts_like_a_checkpoint(two_runs, tmp_path, capsys):
     from skinseg.cli import main
-    from skinseg.evaluation import evaluate_checkpoint, score_submission
+    from skinseg.predict.evaluate import evaluate_checkpoint
+    from skinseg.scoring import score_submission
 
     root, checkpoints = two_runs
     out = tmp_path / "ens.pt"

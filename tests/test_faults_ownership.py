@@ -88,7 +88,7 @@ def members(tmp_path, cache_root):
 
 
 def test_ensemble_never_overwrites_a_member_a_checkpoint_or_a_mask(members, tmp_path, capsys, monkeypatch):
-    import skinseg.evaluation as ev
+    import skinseg.predict.ensemble as ev
 
     root, (a, b) = members
     mask = root / "val" / SPLIT_FOLDERS["val"][1] / mask_name("ISIC_0000100", "streaks")
@@ -115,7 +115,7 @@ def test_ensemble_never_overwrites_a_member_a_checkpoint_or_a_mask(members, tmp_
 
 
 def test_ensemble_onto_a_read_only_folder_fails_before_the_work(members, tmpfs, capsys, monkeypatch):
-    import skinseg.evaluation as ev
+    import skinseg.predict.ensemble as ev
 
     root, (a, b) = members
     ro = tmpfs("ro", size="64k", read_only=True)

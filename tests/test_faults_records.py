@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import one_line_error, tiny_config
+from conftest import one_line_error, tiny_config, train_quietly
 from skinseg.checkpoint import load_checkpoint
 from skinseg.cli import main
 from skinseg.data.isic import SPLIT_FOLDERS, get_split
@@ -25,12 +25,6 @@ from skinseg.errors import CheckpointError, RunInUse
 from skinseg.runs import RunFolder
 
 PROJ = Path(__file__).resolve().parents[1]
-
-
-def _train(cfg):
-    from skinseg.train import train
-
-    return train(cfg, progress=False)
 
 
 def _rows(run: RunFolder) -> list[dict]:
@@ -58,7 +52,7 @@ def _params(tmp_path: Path, root: Path, **extra) -> Path:
 @pytest.fixture
 def finished(small_root, tmp_path, cache_root):
     """A finished 2-epoch run."""
-    return RunFolder(_train(tiny_config(small_root, tmp_path, log_every=1))["run_dir"])
+    return RunFolder(train_quietly(tiny_config(small_root, tmp_path, log_every=1))["run_dir"])
 
 
 # ---- the dev split -----------------------------------------------------------------------------
@@ -91,13 +85,13 @@ def test_a_second_process_cannot_resume_a_run_that_is_training(small_root, tmp_p
         assert holder.stdout.readline().strip() == "locked"
         rows = _rows(finished)
         with pytest.raises(RunInUse, match=f"pid {holder.pid}"):
-            _train(tiny_config(small_root, tmp_path, log_every=1, load=str(finished.last)))
+            train_quietly(tiny_config(small_root, tmp_path, log_every=1, load=str(finished.last)))
         assert _rows(finished) == rows
     finally:
         holder.kill()
         holder.wait()
     # the lock goes with its process, even one killed with SIGKILL
-    summary = _train(tiny_config(small_root, tmp_path, log_every=1, load=str(finished.last)))
+    summary = train_quietly(tiny_config(small_root, tmp_path, log_every=1, load=str(finished.last)))
     assert summary["run_dir"] == str(finished.path)
 
 
@@ -105,7 +99,7 @@ def test_a_kill_after_the_last_checkpoint_write_loses_no_metrics_row(small_root,
                                                                       monkeypatch):
     import skinseg.train.loop as loop
 
-    reference = RunFolder(_train(tiny_config(small_root, tmp_path, epochs=3, log_every=1, run_name="ref"))["run_dir"])
+    reference = RunFolder(train_quietly(tiny_config(small_root, tmp_path, epochs=3, log_every=1, run_name="ref"))["run_dir"])
     real_save = loop.save_checkpoint
 
     def killed_after_writing_last_of_epoch_2(state, path):
@@ -116,11 +110,11 @@ def test_a_kill_after_the_last_checkpoint_write_loses_no_metrics_row(small_root,
     monkeypatch.setattr(loop, "save_checkpoint", killed_after_writing_last_of_epoch_2)
     cfg = tiny_config(small_root, tmp_path, epochs=3, log_every=1, run_name="killed")
     with pytest.raises(KeyboardInterrupt):
-        _train(cfg)
+        train_quietly(cfg)
     monkeypatch.setattr(loop, "save_checkpoint", real_save)
     run = RunFolder(next(p for p in (tmp_path / "runs").iterdir() if p.name.endswith("killed")))
     assert _epochs(run) == [1]  # the state the audit found
-    _train(cfg.replace(load=str(run.last)))
+    train_quietly(cfg.replace(load=str(run.last)))
     assert _epochs(run) == [1, 2, 3] and _steps(run) == _steps(reference)
     kept = {k: v for k, v in _rows(run)[-1].items() if k not in ("time", "epoch_seconds", "images_per_s",
                                                                    "val_seconds", "checkpoint_seconds")}
@@ -137,7 +131,7 @@ def test_a_run_killed_before_its_first_checkpoint_says_so_and_is_cleaned(small_r
 
     monkeypatch.setattr(Trainer, "train_epoch", killed_in_the_first_epoch)
     with pytest.raises(KeyboardInterrupt):
-        _train(tiny_config(small_root, tmp_path))
+        train_quietly(tiny_config(small_root, tmp_path))
     monkeypatch.undo()
     run = RunFolder(next((tmp_path / "runs").iterdir()))
     leftover = run.path / ".last.pt.tmp-999999999"
@@ -163,13 +157,13 @@ def test_a_checkpoint_missing_a_key_is_a_one_line_error(small_root, tmp_path, fi
     assert "thresholds must be 5 numbers" in err
     torch.save({k: v for k, v in state.items() if k != "optimizer"}, tmp_path / "no_optimizer.pt")
     with pytest.raises(CheckpointError, match="lacks optimizer, which resuming needs"):
-        _train(tiny_config(small_root, tmp_path, load=str(tmp_path / "no_optimizer.pt")))
+        train_quietly(tiny_config(small_root, tmp_path, load=str(tmp_path / "no_optimizer.pt")))
 
 
 def test_resuming_on_a_read_only_or_full_disk_is_one_line_and_keeps_the_log(small_root, tmp_path, cache_root,
                                                                            tmpfs, capsys):
     disk = tmpfs("disk", size="32m")
-    run = RunFolder(_train(tiny_config(small_root, tmp_path, output_dir=str(disk), log_every=1))["run_dir"])
+    run = RunFolder(train_quietly(tiny_config(small_root, tmp_path, output_dir=str(disk), log_every=1))["run_dir"])
     params = _params(tmp_path, small_root, output_dir=str(disk))
     log = run.metrics_file.read_bytes()
     subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)

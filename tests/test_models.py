@@ -25,7 +25,7 @@ from skinseg.models import (  # noqa: E402
 )
 from skinseg.models.init import NORMAL_STD  # noqa: E402
 
-CONVNEXT = "unet-convnext-attention"
+CONVNEXT = "unet-timm-attention"
 SCRATCH = [name for name in MODEL_NAMES if name != CONVNEXT]
 SIZES = [(256, 256), (250, 333), (517, 389)]
 
@@ -427,3 +427,16 @@ def test_the_avgmax_presence_head_sees_a_small_region_the_average_dilutes():
     assert model.presence_head[2].in_features == 2 * model.encoder.out_channels[-1]
     with pytest.raises(ConfigError, match="presence_pool"):
         Config(presence_pool="max")
+
+
+def test_the_former_name_of_the_timm_u_net_still_builds_it():
+    """`unet-convnext-attention` (the name of the model behind every pretrained recipe until it was renamed for what
+    it is, a U-Net on any timm encoder) is an alias: the registry, the config and old class name all accept it."""
+    from skinseg.models import MODELS, TimmAttentionUNet
+
+    assert "unet-convnext-attention" not in MODEL_NAMES and MODELS[CONVNEXT] is TimmAttentionUNet
+    assert ConvNeXtUNet is TimmAttentionUNet
+    assert type(create_model("unet-convnext-attention", encoder="convnext_atto")) is TimmAttentionUNet
+    assert Config(model="unet-convnext-attention").model == CONVNEXT
+    with pytest.raises(ConfigError, match="did you mean"):
+        Config.from_dict({"model": "unet-convnext-atention"})

@@ -210,7 +210,7 @@ def test_sweeps_shipped():
     for name, n in (("architectures", 4), ("schedulers", 6), ("losses", 5)):
         assert len(list((PARAMS_DIR / "sweeps" / name).glob("[!_]*.yaml"))) >= n
     models = {yaml.safe_load(p.read_text())["model"] for p in (PARAMS_DIR / "sweeps" / "architectures").glob("[!_]*.yaml")}
-    assert models == {"unet", "unet-residual", "unet-attention", "unet-convnext-attention"}
+    assert models == {"unet", "unet-residual", "unet-attention", "unet-timm-attention"}
     schedulers = {yaml.safe_load(p.read_text())["scheduler"] for p in (PARAMS_DIR / "sweeps" / "schedulers").glob("[!_]*.yaml")}
     assert schedulers == {"reduce_lr", "cosine", "cosine_restart", "step", "exp", "onecycle"}
 

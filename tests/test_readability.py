@@ -12,7 +12,7 @@ from skinseg import progress
 from skinseg.config import Config
 from skinseg.data.isic import ATTRIBUTES
 from skinseg.notebook import config_table
-from skinseg.predictions import PredictionSet
+from skinseg.predict.collect import PredictionSet
 
 
 def test_bars_are_off_inside_quiet_and_the_environment_is_restored(capsys, monkeypatch):

@@ -56,5 +56,5 @@ def test_gpu_recipe_runs_as_a_papermill_run_of_03_train(tmp_path, cache_root):
                         cwd=str(NOTEBOOKS_DIR), progress_bar=False)
     (run,) = (tmp_path / "runs").iterdir()
     cfg = load_checkpoint(best_checkpoint(run))["config"]
-    assert cfg["model"] == "unet-convnext-attention" and cfg["encoder"] == "tf_efficientnet_lite2"
+    assert cfg["model"] == "unet-timm-attention" and cfg["encoder"] == "tf_efficientnet_lite2"
     assert cfg["pretrained"] and cfg["mean"] == [0.5, 0.5, 0.5]

@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 
 from conftest import write_split
-from skinseg.data.cache import read_mask
+from skinseg.data.masks import read_mask
 from skinseg.data.isic import ATTRIBUTES, SPLIT_FOLDERS, get_split, mask_name
 from skinseg.errors import DataError
-from skinseg.evaluation import score_submission
+from skinseg.scoring import score_submission
 from skinseg.metrics import official_score
 
 SIZES = [(64, 48), (40, 40), (33, 57), (64, 48), (17, 23), (40, 40), (64, 48)]  # (width, height)

@@ -18,7 +18,7 @@ PROJ = Path(__file__).resolve().parents[1]
 
 def test_models_losses_tta_optimizers_inits_resize_modes_are_the_choices():
     from skinseg.data import cache
-    from skinseg.inference import TTA_FLIPS
+    from skinseg.predict.decisions import TTA_FLIPS
     from skinseg.losses import LOSS_FUNCTIONS
     from skinseg.models import INIT_SCHEMES, MODELS
     from skinseg.train.optim import _TIMM_OPT
@@ -55,8 +55,8 @@ def test_the_command_line_offers_the_same_choices():
 
 
 def test_inference_and_the_command_line_do_not_import_training():
-    code = ("import sys, skinseg.cli, skinseg.evaluation, skinseg.predictions, skinseg.widgets, skinseg.checkpoint, "
-            "skinseg.ensemble, skinseg.notebook; print(sorted(m for m in sys.modules if m.startswith('skinseg.train')))")
+    code = ("import sys, skinseg.cli, skinseg.predict.evaluate, skinseg.predict.submission, skinseg.predict.collect, "
+            "skinseg.predict.ensemble, skinseg.widgets, skinseg.checkpoint, skinseg.scoring, skinseg.notebook; print(sorted(m for m in sys.modules if m.startswith('skinseg.train')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJ,
                          env={"NO_ALBUMENTATIONS_UPDATE": "1", "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
@@ -82,7 +82,7 @@ def test_run_folder_file_names_appear_in_one_module():
 def test_a_model_class_and_create_model_start_the_same(name):
     from skinseg.models import MODELS, create_model
 
-    options = {"encoder": "convnext_atto"} if name == "unet-convnext-attention" else {"base_channels": 8}
+    options = {"encoder": "convnext_atto"} if name == "unet-timm-attention" else {"base_channels": 8}
     direct = MODELS[name](3, 5, **options)
     built = create_model(name, **options)
     prior = math.log(0.05 / 0.95)
@@ -172,3 +172,79 @@ def test_tests_share_helpers_through_conftest_only():
         assert not re.search(r"^\s*(from|import) test_", text, re.M), f"{path.name} imports a test file"
         tiny = "image_size=32, batch_size=2, " + "epochs=2, base_channels=8"  # conftest.tiny_config's
         assert tiny not in text, f"{path.name} spells out the tiny config: use conftest.tiny_config"
+
+
+def test_prediction_has_one_package_and_each_of_its_concepts_one_definition():
+    """The prediction loop, evaluation, the decision rule, submissions, the ensemble (model and file) and the figures'
+    prediction sets are defined in skinseg/predict/ only, each once; the mask reader in skinseg/data/masks.py; the
+    official formula in skinseg/scoring.py; the former modules are gone."""
+    import ast
+
+    homes = {"predict_batches": "skinseg/predict/loop.py", "evaluate_model": "skinseg/predict/loop.py",
+             "DecisionRule": "skinseg/predict/decisions.py", "decide": "skinseg/predict/decisions.py",
+             "load_for_inference": "skinseg/predict/load.py", "evaluate_checkpoint": "skinseg/predict/evaluate.py",
+             "write_submission": "skinseg/predict/submission.py", "predict_folder": "skinseg/predict/submission.py",
+             "ModelEnsemble": "skinseg/predict/ensemble.py", "ensemble_from_state": "skinseg/predict/ensemble.py",
+             "ensemble_state": "skinseg/predict/ensemble.py", "build_ensemble": "skinseg/predict/ensemble.py",
+             "PredictionSet": "skinseg/predict/collect.py", "read_mask": "skinseg/data/masks.py",
+             "MaskReader": "skinseg/data/masks.py", "scores_from_counts": "skinseg/scoring.py",
+             "normalized_counts": "skinseg/scoring.py", "Scores": "skinseg/scoring.py",
+             "score_submission": "skinseg/scoring.py"}
+    found: dict[str, list[str]] = {}
+    for name, text in _sources().items():
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name in homes:
+                found.setdefault(node.name, []).append(name)
+    assert found == {name: [home] for name, home in homes.items()}
+    for gone in ("inference", "evaluation", "predictions", "ensemble"):
+        assert not (PROJ / "skinseg" / f"{gone}.py").exists()
+
+
+def test_thresholds_and_gates_are_read_from_a_checkpoint_in_one_place():
+    """Only DecisionRule (skinseg/predict/decisions.py) turns a checkpoint's stored thresholds and gates into
+    decisions; elsewhere they are written (training, the ensemble) or checked (checkpoint.check_for_inference)."""
+    reads = re.compile(r"state\[\"(thresholds|gates|thresholds_per_attribute)\"\]|state\.get\(\"thresholds")
+    found = sorted(name for name, text in _sources().items() if reads.search(text))
+    assert found == ["skinseg/predict/decisions.py"]
+
+
+def test_the_model_class_says_whether_it_has_a_pretrained_encoder():
+    """The class flag, not a model name, decides: exactly the models that take a timm ``encoder`` have one, and
+    the config asks the class."""
+    from skinseg.config import Config
+    from skinseg.models import MODELS, model_from_config
+    from skinseg.models.registry import model_options
+
+    assert {name for name, cls in MODELS.items() if cls.pretrained_encoder} == {
+        name for name in MODELS if "encoder" in model_options(name)} == {"unet-timm-attention"}
+    assert Config(model="unet-timm-attention", pretrained=True).uses_pretrained_encoder
+    assert not Config(model="unet-timm-attention").uses_pretrained_encoder
+    assert not Config(model="unet-attention", pretrained=True).uses_pretrained_encoder
+    assert "unet-convnext-attention" not in _sources()["skinseg/config.py"].split("description=")[0]
+    # the former name still builds the same model, from a config or a checkpoint's stored config
+    cfg = Config.from_dict({"model": "unet-convnext-attention", "encoder": "convnext_atto"})
+    assert cfg.model == "unet-timm-attention"
+    assert type(model_from_config(cfg)) is MODELS["unet-timm-attention"]
+
+
+def test_scoring_a_submission_loads_neither_torch_nor_pandas(tmp_path):
+    """`skinseg score` imports what it uses (numpy, OpenCV, PIL): run as a command on a small split, it scores
+    and leaves torch, pandas, scipy and pydantic unloaded."""
+    import shutil
+
+    from conftest import write_split
+    from skinseg.data.isic import SPLIT_FOLDERS
+
+    write_split(tmp_path / "isic", "val", [(40, 30), (24, 24), (33, 20)], seed=1)
+    sub = tmp_path / "sub"
+    shutil.copytree(tmp_path / "isic" / "val" / SPLIT_FOLDERS["val"][1], sub)  # the truth as a submission
+    code = ("import sys; from skinseg.cli import main; rc = main(['score', '--submission', sys.argv[1], '--data', "
+            "sys.argv[2], '--split', 'val']); print(rc, sorted(m for m in ('torch', 'pandas', 'scipy', 'pydantic', 'timm') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, str(sub), str(tmp_path / "isic")], capture_output=True,
+                         text=True, cwd=PROJ, env={"NO_ALBUMENTATIONS_UPDATE": "1", "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert lines[-1] == "0 []"
+    assert "overall (micro-averaged Jaccard, the leaderboard score): 1.0000" in lines
+    assert lines[0].split() == ["jaccard", "dice"] and lines[1].startswith("pigment_network")

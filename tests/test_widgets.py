@@ -12,7 +12,7 @@ import pytest
 from conftest import train_tiny_checkpoint
 from skinseg.data.isic import ATTRIBUTES, SPLIT_FOLDERS
 from skinseg.overlay import ATTRIBUTE_COLOURS, compare_overlay, legend_html, overlay
-from skinseg.predictions import PredictionSet, collect_predictions
+from skinseg.predict.collect import PredictionSet, collect_predictions
 from skinseg.widgets import PredictionBrowser, overlay_png
 
 ALPHA = 0.45
@@ -257,7 +257,7 @@ def test_prediction_set_rejects_mismatched_arrays():
 
 
 def test_collect_predictions_on_a_tiny_checkpoint_matches_evaluate(tmp_path, cache_root):
-    from skinseg.evaluation import evaluate_checkpoint
+    from skinseg.predict.evaluate import evaluate_checkpoint
     from skinseg.checkpoint import load_checkpoint
 
     checkpoint, root = train_tiny_checkpoint(tmp_path)

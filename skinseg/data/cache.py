@@ -34,6 +34,7 @@ from PIL import Image
 
 from skinseg.choices import RESIZE_MODES
 from skinseg.data.isic import ATTRIBUTES, Split, missing_masks, name_list
+from skinseg.data.masks import read_mask
 from skinseg.errors import DataError, DiskFullError, SkinsegWarning
 from skinseg.files import (ensure_space, ensure_writable, is_disk_full, remove_dead_temp_files, space_message,
                            temp_sibling)
@@ -112,45 +113,6 @@ def _decode_jpeg(path: Path, data: bytes, draft_size: int | None) -> tuple[np.nd
         return None  # not decodable by libjpeg-turbo into RGB: Pillow decides
     raise DataError(f"image {path} holds corrupt JPEG data (libjpeg: {problem}); it would decode with damaged "
                     "pixels: re-extract or re-download it, or remove it from the split")
-
-
-def read_mask(path: Path, expected_hw: tuple[int, int], what: str = "mask") -> tuple[np.ndarray, int]:
-    """Decode one attribute mask as bool HxW; returns it and the count of pixels that were not 0 or 255.
-
-    A mask whose values are only 0 and 1 (saved as 0/1 instead of 0/255) is an error: read at > 127 it would
-    be empty, silently.
-    """
-    try:
-        with Image.open(path) as im:
-            im.load()
-            mode = im.mode
-            if mode == "P":
-                im = im.convert("L")
-            arr = np.asarray(im)
-    except FileNotFoundError:
-        raise DataError(f"{what} {path} is missing") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"{what} {path} is corrupt or truncated ({e}); re-extract it") from None
-    if mode not in ("L", "1", "P") or arr.ndim != 2:
-        raise DataError(
-            f"{what} {path} has mode {mode} (shape {arr.shape}); expected a single-channel 8-bit (L) PNG with "
-            "values 0/255 — convert it, e.g. Image.open(p).convert('L')"
-        )
-    if mode == "1":
-        arr = arr.astype(np.uint8) * 255
-    if arr.shape != expected_hw:
-        raise DataError(
-            f"{what} {path} is {arr.shape[1]}x{arr.shape[0]} but its image is {expected_hw[1]}x{expected_hw[0]} "
-            "(width x height); masks must have their image's size"
-        )
-    top = int(arr.max()) if arr.size else 0
-    if top == 1:
-        raise DataError(
-            f"{what} {path} holds only the values 0 and 1: ISIC masks are 0/255, and read as such this one would be "
-            "empty. Save it as 0/255 (e.g. Image.fromarray(mask.astype('uint8') * 255))"
-        )
-    odd = int(np.count_nonzero((arr != 0) & (arr != 255)))
-    return arr > 127, odd
 
 
 # ---- geometry ---------------------------------------------------------------------------

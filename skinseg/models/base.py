@@ -2,6 +2,8 @@
 parameter groups and encoder freezing."""
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -49,6 +51,8 @@ class SegmentationModel(nn.Module):
     presence_head: nn.Module | None
     deep_heads: nn.Module | None  # set by add_deep_supervision (None without)
     encoder_frozen: bool = False
+    # the class can start from a pretrained (ImageNet) encoder: options `pretrained` / `pretrained_path`
+    pretrained_encoder: ClassVar[bool] = False
 
     def extract_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         return list(self.encoder(x))

@@ -4,12 +4,13 @@ from __future__ import annotations
 import inspect
 from typing import TYPE_CHECKING, Any
 
+from skinseg.choices import MODEL_ALIASES
 from skinseg.errors import UnknownModelError, did_you_mean
 from skinseg.models.base import SegmentationModel
 from skinseg.models.unet import UNet
 from skinseg.models.unet_attention import AttentionUNet
-from skinseg.models.unet_convnext import ConvNeXtUNet
 from skinseg.models.unet_residual import ResidualUNet
+from skinseg.models.unet_timm import TimmAttentionUNet
 
 if TYPE_CHECKING:
     from skinseg.config import Config
@@ -19,7 +20,7 @@ MODELS: dict[str, type[SegmentationModel]] = {
     "unet": UNet,
     "unet-residual": ResidualUNet,
     "unet-attention": AttentionUNet,
-    "unet-convnext-attention": ConvNeXtUNet,
+    "unet-timm-attention": TimmAttentionUNet,
 }
 MODEL_NAMES = tuple(MODELS)
 
@@ -35,7 +36,7 @@ def model_options(name: str) -> tuple[str, ...]:
 
 
 def unused_options(name: str) -> set[str]:
-    """Config options that model ``name`` does not take (e.g. ``base_channels`` of the ConvNeXt U-Net): they
+    """Config options that model ``name`` does not take (e.g. ``base_channels`` of ``unet-timm-attention``): they
     do not change what it trains, so :func:`skinseg.runs.find_complete_run` does not compare them."""
     return {key for key in _CONFIG_OPTIONS if key not in model_options(name)}
 
@@ -55,7 +56,7 @@ def create_model(name: str, in_channels: int = 3, classes: int = 5, **options: A
 
 def model_from_config(cfg: Config) -> SegmentationModel:
     """Build the model of a :class:`skinseg.config.Config`; options a model does not take (the encoder options of
-    the scratch U-Nets, ``base_channels`` of the ConvNeXt U-Net) are ignored."""
+    the scratch U-Nets, ``base_channels`` of ``unet-timm-attention``) are ignored."""
     accepted = model_options(cfg.model)
     options = {key: getattr(cfg, key) for key in _CONFIG_OPTIONS if key in accepted}
     if "freeze_encoder" in options:
@@ -66,7 +67,7 @@ def model_from_config(cfg: Config) -> SegmentationModel:
 
 def _model_class(name: str) -> type[SegmentationModel]:
     try:
-        return MODELS[name]
+        return MODELS[MODEL_ALIASES.get(name, name)]
     except (KeyError, TypeError):
         raise UnknownModelError(f"unknown model {name!r}{did_you_mean(name, MODEL_NAMES)}; "
                                 f"valid names: {', '.join(MODEL_NAMES)}") from None

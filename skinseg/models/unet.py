@@ -43,7 +43,7 @@ class UNet(SegmentationModel):
         deep_supervision: mask heads on this many decoder stages below full resolution, whose logits the forward
             also returns in training mode (see :class:`~skinseg.models.base.SegmentationModel`); 0 for none.
         init: weight initialisation, one of ``skinseg.models.init.INIT_SCHEMES``.
-        pretrained: must be False; only ``unet-convnext-attention`` has a pretrained encoder.
+        pretrained: must be False; only ``unet-timm-attention`` has a pretrained encoder.
         pretrained_path: must be None, as ``pretrained``.
     """
 
@@ -57,7 +57,7 @@ class UNet(SegmentationModel):
         if pretrained or pretrained_path:
             raise ConfigError(
                 f"{type(self).__name__} is trained from scratch and has no pretrained weights; set pretrained: false "
-                "(and no pretrained_path), or use unet-convnext-attention for an ImageNet-pretrained encoder"
+                "(and no pretrained_path), or use unet-timm-attention for an ImageNet-pretrained encoder"
             )
         self.in_channels = in_channels
         self.size_multiple = 2**depth

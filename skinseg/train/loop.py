@@ -17,17 +17,18 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from skinseg.checkpoint import (RESUME_KEYS, checkpoint_epoch, load_checkpoint, load_model_weights, repair_best,
-                               rng_state, save_checkpoint, set_rng_state)
+                                rng_state, save_checkpoint, set_rng_state)
 from skinseg.config import Config
 from skinseg.data.batch_augment import BatchAugment, batch_generator
 from skinseg.data.dataset import make_dataset, make_loader
-from skinseg.errors import CheckpointError, ConfigError, DataError, Interrupted, TrainingError
+from skinseg.errors import CheckpointError, ConfigError, DataError, Interrupted, NonFiniteOutputError, TrainingError
 from skinseg.files import ensure_writable
-from skinseg.inference import GATE_CUTOFFS, NonFiniteOutputError, OriginalMasks, evaluate_model, needs_original
 from skinseg.losses import CombinedLoss
 from skinseg.metrics import sum_over_ranks
 from skinseg.models import model_from_config
 from skinseg.paths import resolve
+from skinseg.predict.decisions import GATE_CUTOFFS
+from skinseg.predict.loop import OriginalMasks, evaluate_model, needs_original
 from skinseg.progress import bar as progress_bar
 from skinseg.runs import RunFolder, config_changes, find_complete_run
 from skinseg.runtime import Runtime, amp_for_model, autocast, cleanup, seed_everything, setup_runtime

@@ -1,4 +1,6 @@
-"""ConvNeXt-Tiny U-Net: a pretrained timm encoder with a decoder of attention-gated skips and residual blocks."""
+"""``unet-timm-attention``: a U-Net on a timm encoder (ConvNeXt-Tiny by default, EfficientNet-Lite in the pretrained
+recipes), pretrained or not, with a decoder of attention-gated skips and residual blocks. Formerly
+``unet-convnext-attention`` / ``ConvNeXtUNet``; both names still work."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -43,7 +45,7 @@ def _stem_reductions(encoder: str, reductions: list[int]) -> list[int]:
     return [2**i for i in range(first.bit_length() - 1)]
 
 
-class ConvNeXtUNet(SegmentationModel):
+class TimmAttentionUNet(SegmentationModel):
     """U-Net with a timm encoder (ConvNeXt-Tiny by default) and a decoder of attention-gated skips and residual
     blocks.
 
@@ -67,6 +69,8 @@ class ConvNeXtUNet(SegmentationModel):
         init: initialisation of the layers that do not come from pretrained weights.
         freeze_encoder: start with the encoder frozen (see :meth:`freeze_encoder`).
     """
+
+    pretrained_encoder = True
 
     def __init__(self, in_channels: int = 3, classes: int = 5, *, encoder: str = "convnext_tiny",
                  pretrained: bool = False, pretrained_path: str | None = None,
@@ -98,3 +102,6 @@ class ConvNeXtUNet(SegmentationModel):
 
     def extract_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         return [*self.stem(x), *self.encoder(x)]
+
+
+ConvNeXtUNet = TimmAttentionUNet  # the former name

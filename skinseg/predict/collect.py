@@ -52,7 +52,7 @@ class PredictionSet:
             missing = [c for c in (*ATTRIBUTES, "mean_jaccard") if c not in self.scores.columns]
             if missing:
                 raise ValueError(f"scores lack the column(s) {', '.join(missing)}; build them with "
-                                 "skinseg.inference.evaluate_model(..., per_image=True)")
+                                 "skinseg.predict.loop.evaluate_model(..., per_image=True)")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -90,12 +90,13 @@ def collect_predictions(checkpoint: str | Path, data_root: str | Path, split: st
     """Run a checkpoint over a split with its tuned thresholds (and gates with an aux head).
 
     Masks are decided at cache resolution for display; the per-image scores come from
-    :func:`skinseg.inference.evaluate_model` at the ground truth's original resolution (a second pass over the
+    :func:`skinseg.predict.loop.evaluate_model` at the ground truth's original resolution (a second pass over the
     split). ``limit`` keeps the first images only.
     """
-    from skinseg.checkpoint import DecisionRule, load_for_inference
     from skinseg.data.dataset import ISICDataset, make_dataset, make_loader
-    from skinseg.inference import decide, evaluate_model, predict_batches
+    from skinseg.predict.decisions import DecisionRule, decide
+    from skinseg.predict.load import load_for_inference
+    from skinseg.predict.loop import evaluate_model, predict_batches
 
     model, cfg, state, dev, amp_dtype = load_for_inference(checkpoint, device)
     cfg = cfg.replace(data_root=str(data_root), num_workers=num_workers)

@@ -1,76 +1,25 @@
-"""From logits to decisions: flip TTA, per-attribute thresholds, presence gating; evaluation of a model on a
-loader with the official metric at the ground truth's resolution; challenge submissions at each image's
-original size.
-
-One prediction loop, :func:`predict_batches` (batch -> device -> channels_last -> probabilities, checked finite),
-feeds :func:`evaluate_model`, :func:`write_submission` and :func:`skinseg.predictions.collect_predictions`;
-:func:`at_original_size` maps a batch back to each image's original size.
-"""
+"""The one prediction loop and evaluation on it: :func:`predict_batches` (batch -> device -> channels_last ->
+probabilities, checked finite) feeds :func:`evaluate_model` (the official metric at the ground truth's
+resolution, the threshold sweep, presence scores), :func:`skinseg.predict.submission.write_submission` and
+:func:`skinseg.predict.collect.collect_predictions`; :func:`at_original_size` maps a batch back to each image's
+original size."""
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from skinseg.data.cache import SplitCache, read_mask
-from skinseg.data.isic import ATTRIBUTES, ground_truth_folder_of, mask_name
-from skinseg.errors import DataError, DiskFullError, NonFiniteOutputError
-from skinseg.files import (check_replaceable, ensure_writable, is_disk_full, replace_folder, space_message,
-                           temp_sibling, write_marker)
-from skinseg.metrics import OfficialScore, Scores, ThresholdSweep, presence_auc
+from skinseg.data.cache import SplitCache
+from skinseg.data.isic import ATTRIBUTES
+from skinseg.data.masks import read_mask
+from skinseg.errors import NonFiniteOutputError
+from skinseg.metrics import OfficialScore, ThresholdSweep, presence_auc
+from skinseg.predict.decisions import GATE_CUTOFFS, decide, predict_probs
 from skinseg.progress import bar as progress_bar
 from skinseg.runtime import autocast
-
-TTA_FLIPS = {"none": [()], "hflip": [(), (3,)], "hvflip": [(), (3,), (2,), (2, 3)]}
-GATE_CUTOFFS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
-SUBMISSION_MARKER = ".skinseg-submission"
-
-
-
-
-
-def split_output(output) -> tuple[torch.Tensor, torch.Tensor | None]:
-    return (output[0], output[1]) if isinstance(output, (tuple, list)) else (output, None)
-
-
-@torch.no_grad()
-def predict_probs(model: torch.nn.Module, images: torch.Tensor, tta: str = "none",
-                  amp_dtype: torch.dtype | None = None, output=None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Sigmoid probabilities B x C x H x W (and presence B x C with an aux head), averaged over flips.
-
-    ``output``: the model's output on the unflipped images, when the caller already has it.
-    """
-    if tta not in TTA_FLIPS:
-        raise ValueError(f"tta {tta!r} is not valid; choose one of {', '.join(TTA_FLIPS)}")
-    probs, presence = 0.0, None
-    flips = TTA_FLIPS[tta]
-    for dims in flips:
-        if not dims and output is not None:
-            logits, pres = split_output(output)
-        else:
-            with autocast(images.device, amp_dtype):
-                logits, pres = split_output(model(images.flip(dims) if dims else images))
-        p = torch.sigmoid(logits.float())
-        probs = probs + (p.flip(dims) if dims else p)
-        if pres is not None:
-            presence = (0.0 if presence is None else presence) + torch.sigmoid(pres.float())
-    probs = probs / len(flips)
-    return probs, None if presence is None else presence / len(flips)
-
-
-def decide(probs: torch.Tensor, thresholds, presence: torch.Tensor | None = None, gates=None) -> torch.Tensor:
-    """Binary masks from probabilities: per-attribute thresholds, and gating by presence when given."""
-    thr = torch.as_tensor(thresholds, dtype=probs.dtype, device=probs.device).view(1, -1, 1, 1)
-    masks = probs >= thr
-    if presence is not None and gates is not None:
-        cut = torch.as_tensor(gates, dtype=presence.dtype, device=presence.device).view(1, -1)
-        masks = masks & (presence >= cut)[..., None, None]
-    return masks
+from skinseg.scoring import Scores
 
 
 @dataclass
@@ -198,7 +147,7 @@ def evaluate_model(model: torch.nn.Module, loader, device: torch.device, thresho
     copy per evaluation, not one per batch.
 
     Probabilities are compared with the truth at its original resolution when the cache geometry differs.
-    (:func:`skinseg.evaluation.evaluate_checkpoint` does the same for a checkpoint file and a data root.)
+    (:func:`skinseg.predict.evaluate.evaluate_checkpoint` does the same for a checkpoint file and a data root.)
     """
     cache: SplitCache = loader.dataset.cache
     classes = len(ATTRIBUTES)
@@ -266,54 +215,3 @@ def _per_image(batch, probs, target, presence, thresholds, gates) -> list[dict]:
         row["mean_jaccard"] = float(jac[k].mean())
         rows.append(row)
     return rows
-
-
-def check_submission_folder(out_dir: str | Path) -> Path:
-    """Refuse an output folder that ``write_submission`` must not replace; returns it resolved.
-
-    A submission folder is replaced only when skinseg made it (it holds the marker file ``.skinseg-submission``)
-    or it is empty. Any folder of a split's ground truth (or below one) is refused outright.
-    """
-    out_dir = Path(out_dir).expanduser().resolve()
-    truth = ground_truth_folder_of(out_dir)
-    if truth is not None:
-        raise DataError(f"{out_dir} is {'inside ' if truth != out_dir else ''}the ground-truth folder {truth}; "
-                        "a submission must go to a folder of its own (e.g. reports/submission)")
-    check_replaceable(out_dir, SUBMISSION_MARKER, "the submission folder",
-                      "choose a new or empty folder (a folder that skinseg wrote a submission into is replaced)")
-    ensure_writable(out_dir.parent, "the folder of --out", "choose another --out")
-    return out_dir
-
-
-@torch.no_grad()
-def write_submission(model: torch.nn.Module, loader, out_dir: str | Path, device: torch.device, thresholds,
-                     gates=None, tta: str = "none", amp_dtype: torch.dtype | None = None,
-                     channels_last: bool = False, progress: bool = True) -> int:
-    """Write ``ISIC_<id>_attribute_<name>.png`` (L mode, 0/255, original size) for every image and attribute.
-
-    Files go to a temporary sibling folder first and replace ``out_dir`` only when all are written (see
-    :func:`check_submission_folder` for which folders may be replaced). Returns the number of files written.
-    """
-    out_dir = check_submission_folder(out_dir)
-    cache: SplitCache = loader.dataset.cache
-    tmp = temp_sibling(out_dir)
-    shutil.rmtree(tmp, ignore_errors=True)
-    written = 0
-    try:
-        tmp.mkdir(parents=True)
-        write_marker(tmp, SUBMISSION_MARKER, "written by skinseg predict; this folder may be replaced by it")
-        for pb in predict_batches(model, loader, device, tta, amp_dtype, channels_last, progress=progress):
-            for _, image_id, p, pres in at_original_size(cache, pb):
-                masks = decide(p, thresholds, pres, gates)[0].cpu().numpy()
-                for c, attribute in enumerate(ATTRIBUTES):
-                    Image.fromarray(masks[c].astype(np.uint8) * 255, mode="L").save(tmp / mask_name(image_id, attribute))
-                    written += 1
-        replace_folder(tmp, out_dir)
-    except OSError as e:
-        if is_disk_full(e):
-            raise DiskFullError(f"disk full while writing the submission ({space_message(out_dir.parent)}); "
-                                f"{out_dir} was left as it was") from None
-        raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return written

@@ -1,4 +1,4 @@
-"""The fault suite, the command line: every verb meets bad input with one line naming the file or key and what to
+"""The command line: every verb meets bad input with one line naming the file or key and what to
 do, exit 2; Ctrl-C with one line, exit 130; never a traceback."""
 from __future__ import annotations
 
@@ -10,9 +10,13 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import one_line_error, tiny_config
 from skinseg.cli import main
+from skinseg.data.isic import SPLIT_FOLDERS
+from skinseg.runs import RunFolder
+
 
 PROJ = Path(__file__).resolve().parents[1]
 
@@ -183,3 +187,69 @@ def test_ctrl_c_during_training_is_one_line_exit_130_and_the_run_resumes(small_r
     assert code == 130, err[-2000:]
     epochs = run.metrics()[1]["epoch"].tolist()
     assert len(epochs) > len(done) and epochs == list(range(1, len(epochs) + 1))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+@pytest.mark.parametrize("overrides, words", [(["device=cuda"], "no CUDA GPU"),
+                                             (["amp=fp16", "device=cpu"], "fp16 needs a CUDA GPU")])
+def test_no_gpu_is_a_one_line_error(small_root, tmp_path, cache_root, capsys, overrides, words):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data_root: {small_root}\noutput_dir: {tmp_path / 'runs'}\nimage_size: 32\nepochs: 1\n")
+    err = one_line_error(capsys, ["train", "--config", str(cfg)] + [a for o in overrides for a in ("--set", o)])
+    assert words in err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_read_only_folders_are_one_line_errors(small_root, tmp_path, tiny_run, tmpfs, capsys, monkeypatch):
+    ro = tmpfs("ro", size="64k", read_only=True)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data_root: {small_root}\nimage_size: 32\nepochs: 1\n")
+    err = one_line_error(capsys, ["train", "--config", str(cfg), "--set", f"output_dir={ro}"])
+    assert "output_dir" in err and "not writable" in err
+    best = str(RunFolder(tiny_run).best)
+    images = str(small_root / "val" / SPLIT_FOLDERS["val"][0])
+    err = one_line_error(capsys, ["predict", "--checkpoint", best, "--images", images, "--out", str(ro / "sub")])
+    assert "not writable" in err
+    import skinseg.predict.evaluate as ev
+
+    called = []
+    monkeypatch.setattr(ev, "evaluate_checkpoint", lambda *a, **k: called.append(1))
+    err = one_line_error(capsys, ["evaluate", "--checkpoint", best, "--data", str(small_root),
+                                   "--json", str(ro / "s.json")])
+    assert "--json" in err and not called  # refused before the evaluation
+    monkeypatch.setenv("SKINSEG_CACHE_DIR", str(ro / "cache"))
+    err = one_line_error(capsys, ["cache", str(small_root), "--image-size", "32"])
+    assert "cache folder" in err and "SKINSEG_CACHE_DIR" in err
+
+
+def test_report_params_are_resolved_from_the_working_directory(tmp_path, capsys, monkeypatch):
+    import skinseg.report as report
+
+    err = one_line_error(capsys, ["report", "--params", "no/such.yaml"])
+    assert "no/such.yaml" in err and "no such file" in err
+    seen = {}
+    monkeypatch.setattr(report, "build_report", lambda params, data, **k: seen.setdefault("params", params) and {
+        "html": "x", "pdf": None, "seconds": 0.0})
+    (tmp_path / "mine.yaml").write_text("epochs: 1\n")
+    monkeypatch.chdir(tmp_path)
+    main(["report", "--params", "mine.yaml", "--no-pdf"])
+    assert Path(seen["params"]) == tmp_path / "mine.yaml"
+
+
+def test_report_options_reach_build_report(tmp_path, monkeypatch):
+    import skinseg.report as report
+    from skinseg.paths import IMAGES_DIR, REPORTS_DIR
+
+    calls = []
+    monkeypatch.setattr(report, "build_report", lambda params, data, **k: calls.append(k) or {
+        "html": "x", "pdf": None, "seconds": 0.0})
+    monkeypatch.chdir(tmp_path)
+    main(["report", "--no-pdf", "--out", "real", "--sweep", "isic_gpu", "--sweep-set", "epochs=1",
+          "--sweep-set", "base_channels=16", "--update-images", "pics"])
+    main(["report", "--no-pdf", "--update-images"])
+    main(["report", "--no-pdf"])
+    first, second, third = calls
+    assert first["out_dir"] == tmp_path / "real" and first["images_dir"] == tmp_path / "pics"
+    assert first["sweep"] == "isic_gpu" and first["sweep_overrides"] == {"epochs": 1, "base_channels": 16}
+    assert second["images_dir"] == IMAGES_DIR and "sweep" not in second and "sweep_overrides" not in second
+    assert third["images_dir"] is None and third["out_dir"] == REPORTS_DIR
