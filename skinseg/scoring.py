@@ -177,10 +177,8 @@ def _image_counts(reader: MaskReader, truth: Split, pred_dir: Path, image_id: st
     truths = [(t0, n0)] + [reader.read(truth.mask_path(image_id, a), hw, "mask")[::2] for a in ATTRIBUTES[1:]]
     both, pred_positives = [], []
     for a, (t, _) in zip(ATTRIBUTES, truths):
-        path = pred_dir / mask_name(image_id, a)
-        if not path.exists():
-            raise DataError(f"submission {pred_dir} lacks {path.name}")
-        p, _, positives = reader.read(path, hw, "submission mask")
+        # every file was checked present (_check_submission_files); one removed since, read_mask names
+        p, _, positives = reader.read(pred_dir / mask_name(image_id, a), hw, "submission mask")
         pred_positives.append(positives)
         both.append(0 if p is None or t is None else np.count_nonzero(np.logical_and(p, t, out=p)))
     return both, pred_positives, [n for _, n in truths], hw[0] * hw[1]

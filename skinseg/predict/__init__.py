@@ -10,26 +10,4 @@
 - :mod:`~skinseg.predict.collect`: a split's predictions kept for figures and the browser.
 
 Scoring a submission folder needs no model and no torch: :mod:`skinseg.scoring`.
-The names below are importable from here; each loads its module on first use.
 """
-from __future__ import annotations
-
-import importlib
-
-_HOMES = {
-    "DecisionRule": "decisions", "decide": "decisions", "predict_probs": "decisions", "TTA_FLIPS": "decisions",
-    "load_for_inference": "load",
-    "EvalResult": "loop", "evaluate_model": "loop", "predict_batches": "loop",
-    "evaluate_checkpoint": "evaluate", "evaluation_json": "evaluate", "operating_points": "evaluate",
-    "decision_variants": "evaluate",
-    "predict_folder": "submission", "write_submission": "submission",
-    "ModelEnsemble": "ensemble", "build_ensemble": "ensemble",
-    "PredictionSet": "collect", "collect_predictions": "collect",
-}
-__all__ = sorted(_HOMES)
-
-
-def __getattr__(name: str):
-    if name not in _HOMES:
-        raise AttributeError(f"module 'skinseg.predict' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"skinseg.predict.{_HOMES[name]}"), name)
