@@ -5,11 +5,13 @@ Writes, seeded, a split of 1000 images with 5 ground-truth masks each (256 px, 0
 the real train split's prevalence, one to three ellipses each) and a submission of the same masks shifted by a few
 pixels, some dropped, some false positives; then times score_submission: median of --repeats after one warm-up.
 ``--dense`` makes every mask non-empty (the worst case: no empty mask shares a file content with another).
-``--official`` also times the previous per-image scorer (read_mask + OfficialScore.update per image) on the same
-files and checks that both give the same scores. With SKINSEG_ISIC_ROOT set, both also score a fixed
-pseudo-submission (the real train ground truth shifted by 3 and -2 px) against the real train split.
+``--against CHECKOUT`` also times another checkout's command on the same files, in the same minute (the
+machine's speed varies by the hour). ``--official`` also times the previous per-image scorer (read_mask +
+OfficialScore.update per image) on the same files and checks that both give the same scores. With
+SKINSEG_ISIC_ROOT set, both also score a fixed pseudo-submission (the real train ground truth shifted by 3 and
+-2 px) against the real train split.
 
-    .venv/bin/python benchmarks/score_speed.py [--images 1000] [--official] [--dense]
+    .venv/bin/python benchmarks/score_speed.py [--images 1000] [--official] [--dense] [--against CHECKOUT]
 """
 from __future__ import annotations
 
@@ -110,13 +112,16 @@ def timed(fn, repeats: int, warmup: bool = True) -> tuple[float, Scores]:
     return statistics.median(times), scores
 
 
-def command_seconds(args: list[str], repeats: int) -> float:
-    """Median wall seconds of ``python <args>`` run as a fresh process (after one untimed run)."""
+def command_seconds(args: list[str], repeats: int, tree: Path | None = None) -> float:
+    """Median wall seconds of ``python <args>`` run as a fresh process (after one untimed run); ``tree``: run the
+    skinseg of that checkout instead of this one."""
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    if tree is not None:
+        env["PYTHONPATH"] = str(tree)
     times = []
     for k in range(repeats + 1):
         start = time.perf_counter()
-        subprocess.run([sys.executable, *args], check=True, env=env, stdout=subprocess.DEVNULL)
+        subprocess.run([sys.executable, *args], check=True, env=env, stdout=subprocess.DEVNULL, cwd=tree)
         if k:
             times.append(time.perf_counter() - start)
     return statistics.median(times)
@@ -138,6 +143,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dense", action="store_true", help="every mask non-empty")
     parser.add_argument("--official", action="store_true", help="also time the previous per-image scorer")
+    parser.add_argument("--against", type=Path, metavar="CHECKOUT",
+                        help="also time the command of another skinseg checkout (e.g. `git worktree add` of an older "
+                             "commit) on the same files, before and after this tree's, for a same-minute ratio")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root, sub = Path(tmp) / "isic", Path(tmp) / "submission"
@@ -145,8 +153,13 @@ def main() -> None:
         kind = "every mask non-empty" if args.dense else "real prevalence"
         print(f"{args.images} images x {len(ATTRIBUTES)} masks, {args.size} px ({kind}, seed {args.seed}), "
               f"{os.cpu_count()} CPUs, files in the page cache")
-        command_s = command_seconds(["-m", "skinseg", "score", "--submission", str(sub), "--data", str(root),
-                                     "--split", "val"], args.repeats)
+        command = ["-m", "skinseg", "score", "--submission", str(sub), "--data", str(root), "--split", "val"]
+        other = [command_seconds(command, args.repeats, args.against.resolve())] if args.against else []
+        command_s = command_seconds(command, args.repeats)
+        if args.against:
+            other.append(command_seconds(command, args.repeats, args.against.resolve()))
+            print(f"`skinseg score` of {args.against}: {other[0]:.3f} s before this tree's, {other[1]:.3f} s after "
+                  f"(medians of {args.repeats}); this tree's is {statistics.mean(other) / command_s:.1f}x faster")
         import_s = command_seconds(["-c", "import skinseg.cli, skinseg.scoring"], args.repeats)
         print(f"`skinseg score` as a command: {command_s:.3f} s (median of {args.repeats}; goal 1.5 s), of which "
               f"starting Python and importing: {import_s:.3f} s")

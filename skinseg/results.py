@@ -190,7 +190,8 @@ def append_row(results_file: str | Path, row: dict[str, Any]) -> Path:
 # docs/experiments.md holds blocks "<!-- results: NAME VIEW -->" ... "<!-- /results -->"; render_doc fills each with
 # the table of results/NAME.csv (VIEW: runs, the study_table, or architectures, by_architecture), so no figure in
 # the log is typed by hand. `make docs` rewrites the file; a test fails when it drifts from the CSVs.
-DOC_BLOCK = re.compile(r"(?P<open><!-- results: (?P<name>[\w.-]+) (?P<view>runs|architectures|rules|points) -->\n)"
+DOC_BLOCK = re.compile(r"(?P<open><!-- results: (?P<name>[\w.-]+) "
+                       r"(?P<view>runs|architectures|rules|points|presence) -->\n)"
                        r"(?P<body>.*?)(?P<close><!-- /results -->)", re.S)
 
 
@@ -220,8 +221,19 @@ def points_table(table: pd.DataFrame) -> pd.DataFrame:
     return table[list(have)].rename(columns=have).reset_index(drop=True)
 
 
+def presence_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Image-level presence per attribute ("is there a streak in this image?"): the ROC AUC of the image score (the
+    map's peak probability, or the presence head where one is trained) on dev and on val."""
+    cols = {"config": "config", "seed": "seed"}
+    for split in ("dev", "val"):
+        cols.update({f"{split}_auc_{a}": f"{split} AUC {SHORT[a]}" for a in ATTRIBUTES})
+    have = {k: v for k, v in cols.items() if k in table}
+    return table[list(have)].rename(columns=have).reset_index(drop=True)
+
+
 SHORT = dict(zip(ATTRIBUTES, ("PN", "NN", "streaks", "MLC", "globules")))
-VIEWS = {"runs": study_table, "architectures": by_architecture, "rules": rules_table, "points": points_table}
+VIEWS = {"runs": study_table, "architectures": by_architecture, "rules": rules_table, "points": points_table,
+         "presence": presence_table}
 
 
 def markdown_table(table: pd.DataFrame, digits: int = 3) -> str:

@@ -3,6 +3,11 @@
 
 Each run's parameters are ``base`` (a params YAML, e.g. params/demo.yaml) updated by the sweep YAML, then by
 ``overrides``. A run whose resolved config matches a complete run already on disk is skipped.
+
+A study sweep's table in ``results/`` is the ``results_file`` its ``_sweep.yaml`` sets under ``overrides``: each
+run appends its own comparison row when it ends, so the table grows run by run and outlives the run folders. Only a
+sweep run as recorded writes there; one with another base or an override of what a run learns writes its rows to
+``results.csv`` in its own output folder instead.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ SWEEP_MARKER = ".skinseg-sweep"  # in a sweep's --out outside reports/: the swee
 
 
 COMPARISON_FILE = "comparison.csv"  # in each sweep's output folder
+OWN_RESULTS_FILE = "results.csv"  # in a sweep's output folder: the rows of a sweep not run as recorded
 SWEEP_RECORD = "_sweep.yaml"  # in each sweep folder: its base params file and the overrides every run takes
 
 
@@ -47,22 +53,21 @@ def sweep_record(name: str) -> tuple[Path, dict[str, Any]]:
     return PARAMS_DIR / record["base"], dict(record.get("overrides") or {})
 
 
-def sweep_table(name: str) -> Path | None:
-    """Where a sweep's comparison table goes below the project (``table:`` of its ``_sweep.yaml``, e.g.
-    ``results/sweep_isic_cpu.csv``), when the sweep runs as recorded; None for a sweep without one."""
-    path = PARAMS_DIR / "sweeps" / name / SWEEP_RECORD
-    table = _read_record(path).get("table") if path.exists() else None
-    return resolve(table) if table else None
+def sweep_results(name: str) -> Path | None:
+    """The sweep's table below the project: the ``results_file`` its record sets for every run (e.g.
+    ``results/isic_cpu_rare.csv``), which runs of the sweep as recorded append their rows to; None without one."""
+    target = sweep_record(name)[1].get("results_file")
+    return resolve(target) if target else None
 
 
 def _read_record(path: Path) -> dict[str, Any]:
     record = read_params(path)
-    unknown = set(record) - {"base", "overrides", "table"}
-    if (unknown or not isinstance(record.get("base"), str) or not isinstance(record.get("overrides", {}), dict)
-            or not isinstance(record.get("table", ""), str)):
+    unknown = set(record) - {"base", "overrides"}
+    if unknown or not isinstance(record.get("base"), str) or not isinstance(record.get("overrides", {}), dict):
+        hint = ("; a sweep's table in results/ is the results_file its runs write: set `results_file:` under "
+                "`overrides:` instead of `table:`" if "table" in unknown else "")
         raise ConfigError(f"{path}: needs `base: <params file below params/>` and optionally `overrides:` (a "
-                          "mapping) and `table: <results CSV below the project>`"
-                          f"{'; unknown: ' + ', '.join(sorted(unknown)) if unknown else ''}")
+                          f"mapping){'; unknown: ' + ', '.join(sorted(unknown)) if unknown else ''}{hint}")
     return record
 
 
@@ -97,7 +102,8 @@ def run_sweep(name: str, base: str | Path | None = None, overrides: dict | None 
     """Run every config of a sweep that is not done yet; return the comparison table (one row per config).
 
     ``base`` None takes the base the sweep records (``params/sweeps/<name>/_sweep.yaml``); the record's
-    overrides update the base (under the sweep files and ``overrides``). ``runner="papermill"`` executes ``03_train`` per config (an executed notebook per run, one at a time);
+    overrides update the base (under the sweep files and ``overrides``). ``runner="papermill"`` executes
+    ``03_train`` per config (an executed notebook per run, one at a time);
     ``runner="cli"`` runs ``skinseg train`` on the config's merged parameters (written next to its log as
     ``<out_dir>/<config>.yaml``), ``jobs`` at a time: for nodes without Jupyter, and for filling a large GPU.
     """
@@ -107,6 +113,9 @@ def run_sweep(name: str, base: str | Path | None = None, overrides: dict | None 
     base_params = {**load_params(base if base is not None else recorded_base), **recorded_overrides}
     out_dir = claim_folder(out_dir or REPORTS_DIR / "sweeps" / name, SWEEP_MARKER, "the sweep's --out",
                            own=REPORTS_DIR)
+    recorded = as_recorded(name, base, overrides)
+    if not recorded and "results_file" in base_params:  # not the study the record pins: keep results/ clean
+        base_params["results_file"] = str(out_dir / OWN_RESULTS_FILE)
     todo, runs = {}, {}
     for f in sweep_files(name):
         params = run_parameters(base_params, f, overrides, out_dir)
@@ -135,14 +144,26 @@ def run_sweep(name: str, base: str | Path | None = None, overrides: dict | None 
         runs[stem] = find_complete_run(Path(params["output_dir"]), params)
         if runs[stem] is None:
             raise SweepError(f"sweep {name}: {stem} ran but left no complete run in {params['output_dir']}")
+    target = (overrides or {}).get("results_file") or base_params.get("results_file")
+    if target:
+        fill_results(target, runs, progress)
     table = comparison(runs)
     write_table(table, out_dir / COMPARISON_FILE)
-    target = sweep_table(name)
-    if target is not None and as_recorded(name, base, overrides):
-        write_table(table, target)
-        if progress:
-            print(f"comparison table of sweep {name} written to {target}", flush=True)
     return table
+
+
+def fill_results(results_file: str | Path, runs: dict[str, Path], progress: bool = False) -> None:
+    """Append the row of every finished run that its results file lacks: a run found done that was trained before
+    the sweep recorded the file, or one stopped between its last checkpoint and its row (evaluates it)."""
+    from skinseg.results import append_row, run_row
+
+    path = resolve(results_file)
+    have = set(pd.read_csv(path)["run"]) if path.exists() and path.stat().st_size else set()
+    for stem, run in runs.items():
+        if run.name not in have:
+            append_row(path, run_row(run))
+            if progress:
+                print(f"{stem}: comparison row of {run.name} written to {path}", flush=True)
 
 
 def write_table(table: pd.DataFrame, path: Path) -> None:

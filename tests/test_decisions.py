@@ -195,7 +195,7 @@ def test_a_run_writes_its_comparison_row_by_its_checkpoint_rule(tmp_path, cache_
 def test_study_tables_group_architectures_with_their_seed_spread():
     import pandas as pd
 
-    from skinseg.results import by_architecture, curves, run_config, study_table
+    from skinseg.results import by_architecture, curves, presence_table, run_config, study_table
 
     rows = [dict(run=f"20261201-1{k}0000_{m}_{c}", config=None if k == 0 else c, model=m, encoder=e, pretrained=p,
                  seed=s, epochs=13, params=2e6, s_per_epoch=200.0, wall_min=w, checkpoint_rule="last",
@@ -215,6 +215,9 @@ def test_study_tables_group_architectures_with_their_seed_spread():
     assert grouped.loc["unet", "dev spread"] == pytest.approx(0.04)
     assert grouped.loc["unet", "val spread"] == pytest.approx(0.02)
     assert grouped.loc["unet-timm-attention", "dev spread"] == 0.0
+    presence = presence_table(table.assign(dev_auc_streaks=[0.6, 0.7, 0.8], val_auc_streaks=[0.5, 0.9, 0.75]))
+    assert list(presence.columns) == ["config", "seed", "dev AUC streaks", "val AUC streaks"]
+    assert presence["val AUC streaks"].tolist() == [0.5, 0.9, 0.75]
     found = curves(table.assign(config=table.apply(run_config, axis=1)))
     assert list(found) == ["a_unet (seed 42)", "d_lite0 (seed 42)"]
     assert found["a_unet (seed 42)"].to_dict() == {1: 0.2, 2: 0.3}

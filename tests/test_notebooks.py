@@ -184,19 +184,26 @@ def test_every_sweep_records_its_base_and_sweep_runs_on_it(monkeypatch):
     for folder in sorted((PARAMS_DIR / "sweeps").iterdir()):
         base, overrides = sweeps.sweep_record(folder.name)
         assert (folder / "_sweep.yaml").exists() and base.is_file(), folder.name
-    assert sweeps.sweep_record("isic_cpu_pretrained") == (PARAMS_DIR / "isic_cpu.yaml", {})
-    assert sweeps.sweep_record("isic_cpu") == (PARAMS_DIR / "isic_cpu_128.yaml", {"epochs": 6})
+    assert sweeps.sweep_record("isic_cpu_pretrained") == (
+        PARAMS_DIR / "isic_cpu.yaml", {"results_file": "results/isic_cpu_pretrained.csv"})
+    assert sweeps.sweep_record("isic_cpu") == (
+        PARAMS_DIR / "isic_cpu_128.yaml", {"results_file": "results/isic_cpu.csv", "epochs": 6})
     seen = {}
     monkeypatch.setattr(sweeps, "find_complete_run", lambda out, params: seen.setdefault(params["run_name"], params))
     monkeypatch.setattr(sweeps, "comparison", lambda runs: runs)
     monkeypatch.setattr(sweeps, "claim_folder", lambda folder, *a, **k: Path(folder))
-    written = []
+    written, filled = [], []
     monkeypatch.setattr(sweeps, "write_table", lambda table, path: written.append(path))
+    monkeypatch.setattr(sweeps, "fill_results", lambda path, runs, progress: filled.append(sweeps.resolve(path)))
     sweeps.run_sweep("isic_cpu", out_dir=Path("/nonexistent"), progress=False)  # every run found done: no training
-    # as recorded: the table goes to the sweep's folder and to the results/ file its record names
-    assert written == [Path("/nonexistent") / sweeps.COMPARISON_FILE, PROJ_ROOT / "results" / "sweep_isic_cpu.csv"]
-    written.clear()
+    # as recorded: every run's row goes to the results/ file its record names, the table to the sweep's folder
+    assert written == [Path("/nonexistent") / sweeps.COMPARISON_FILE]
+    assert filled == [PROJ_ROOT / "results" / "isic_cpu.csv"]
+    assert all(p["results_file"] == "results/isic_cpu.csv" and p["epochs"] == 6 for p in seen.values())
+    written.clear(), filled.clear(), seen.clear()
     sweeps.run_sweep("isic_cpu", out_dir=Path("/nonexistent"), overrides={"lr": 0.01}, progress=False)
+    assert filled == [Path("/nonexistent") / sweeps.OWN_RESULTS_FILE]  # not what the files pin: not in results/
+    assert all(p["results_file"] == str(Path("/nonexistent") / sweeps.OWN_RESULTS_FILE) for p in seen.values())
     assert written == [Path("/nonexistent") / sweeps.COMPARISON_FILE]  # not what the files pin: not in results/
     seen.clear()
     sweeps.run_sweep("isic_cpu", out_dir=Path("/nonexistent"), progress=False)

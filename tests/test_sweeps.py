@@ -55,24 +55,40 @@ def test_a_sweep_file_is_checked_merged_with_its_base(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_sweep_run_as_recorded_writes_its_table_to_results_and_a_changed_one_does_not(
+def test_a_sweep_run_as_recorded_appends_its_rows_to_results_and_a_changed_one_does_not(
         small_root, tmp_path, cache_root, monkeypatch):
-    """The comparison table goes to the record's `table:` (below the project) only when the sweep ran with the
-    values its files pin; an override of what a run learns keeps it in the sweep's own folder."""
+    """A sweep's table below the project is the results_file its record sets: each run of the sweep as recorded
+    appends its row; an override of what a run learns keeps its rows in the sweep's own folder. A run found done
+    whose row the file lacks gets it."""
     base = _sweep(tmp_path, monkeypatch, small_root, {"a": {}, "b": {"lr": 0.01}})
+    target = tmp_path / "results" / "mini.csv"
     (tmp_path / "params" / "sweeps" / "mini" / "_sweep.yaml").write_text(
-        f"base: base.yaml\ntable: {tmp_path / 'results' / 'sweep_mini.csv'}\n")
-    target = tmp_path / "results" / "sweep_mini.csv"
+        f"base: base.yaml\noverrides:\n  results_file: {target}\n")
+    assert sweeps.sweep_results("mini") == target
     changed = sweeps.run_sweep("mini", overrides={"epochs": 2}, out_dir=tmp_path / "out2", runner="cli",
                                progress=False)
     assert not target.exists() and (tmp_path / "out2" / sweeps.COMPARISON_FILE).exists()
-    assert (changed["epochs"] == 2).all()
+    own = pd.read_csv(tmp_path / "out2" / sweeps.OWN_RESULTS_FILE)
+    assert sorted(own["config"]) == ["a", "b"] and (own["epochs"] == 2).all() and (changed["epochs"] == 2).all()
     table = sweeps.run_sweep("mini", overrides={"num_workers": 0}, out_dir=tmp_path / "out", runner="cli",
                              progress=False)
-    written = pd.read_csv(target, index_col="config")
-    assert sorted(written.index) == ["a", "b"]
-    assert written.loc["a", "last3_val_jaccard"] == pytest.approx(table.loc["a", "last3_val_jaccard"], abs=1e-4)
+    written = pd.read_csv(target).set_index("config")
+    assert sorted(written.index) == ["a", "b"] and (written["epochs"] == 1).all()
+    assert written.loc["a", "tune_last3"] == pytest.approx(table.loc["a", "last3_val_jaccard"], abs=1e-4)
+    assert 0 <= written.loc["b", "val_micro_overall"] <= 1
     # best first by the mean of the last three validations
     assert list(table.index) == list(table.sort_values("last3_val_jaccard", ascending=False).index)
+    # a row lost from the file: the next sweep run finds the run done and writes its row again, training nothing
+    pd.read_csv(target).query("config == 'a'").to_csv(target, index=False)
+    sweeps.run_sweep("mini", out_dir=tmp_path / "out", runner="cli", progress=False)
+    again = pd.read_csv(target).set_index("config")
+    assert sorted(again.index) == ["a", "b"] and again.loc["b", "run"] == written.loc["b", "run"]
     assert sweeps.as_recorded("mini", base, {"device": "cpu"})
     assert not sweeps.as_recorded("mini", tmp_path / "other.yaml", None)
+
+
+def test_a_record_with_the_old_table_key_is_refused_with_what_to_write(tmp_path, monkeypatch, small_root):
+    _sweep(tmp_path, monkeypatch, small_root, {"a": {}})
+    (tmp_path / "params" / "sweeps" / "mini" / "_sweep.yaml").write_text("base: base.yaml\ntable: results/x.csv\n")
+    with pytest.raises(sweeps.ConfigError, match=r"_sweep\.yaml.*unknown: table.*`results_file:` under `overrides:`"):
+        sweeps.sweep_record("mini")
