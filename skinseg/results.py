@@ -188,11 +188,14 @@ def append_row(results_file: str | Path, row: dict[str, Any]) -> Path:
 
 # ---- the experiment log's tables, generated from results/*.csv ------------------------------------------------
 # docs/experiments.md holds blocks "<!-- results: NAME VIEW -->" ... "<!-- /results -->"; render_doc fills each with
-# the table of results/NAME.csv (VIEW: runs, the study_table, or architectures, by_architecture), so no figure in
+# the table of results/NAME.csv (VIEW: a key of VIEWS below, e.g. runs, the study_table), so no figure in
 # the log is typed by hand. `make docs` rewrites the file; a test fails when it drifts from the CSVs.
-DOC_BLOCK = re.compile(r"(?P<open><!-- results: (?P<name>[\w.-]+) "
-                       r"(?P<view>runs|architectures|rules|points|presence) -->\n)"
-                       r"(?P<body>.*?)(?P<close><!-- /results -->)", re.S)
+
+
+def _columns(table: pd.DataFrame, cols: dict[str, str]) -> pd.DataFrame:
+    """The columns of ``cols`` that ``table`` has, in that order, renamed to their labels."""
+    have = {k: v for k, v in cols.items() if k in table}
+    return table[list(have)].rename(columns=have).reset_index(drop=True)
 
 
 def rules_table(table: pd.DataFrame) -> pd.DataFrame:
@@ -201,8 +204,7 @@ def rules_table(table: pd.DataFrame) -> pd.DataFrame:
     cols = {"config": "config", "seed": "seed", "best_epoch": "best epoch", "epochs": "epochs",
             "tune_peak": "dev peak", f"tune_last{LAST_VALIDATIONS}": "dev last-3",
             "val_micro_best_pt": "val at best.pt", "val_micro_last_pt": "val at last.pt"}
-    have = {k: v for k, v in cols.items() if k in table}
-    out = table[list(have)].rename(columns=have)
+    out = _columns(table, cols)
     if {"val at best.pt", "val at last.pt"} <= set(out):
         out = out.dropna(subset=["val at best.pt", "val at last.pt"])
         out["last - best"] = out["val at last.pt"] - out["val at best.pt"]
@@ -217,8 +219,7 @@ def points_table(table: pd.DataFrame) -> pd.DataFrame:
         cols.update({f"{split}_micro_overall": f"{split} micro@micro", f"{split}_micro_macro": f"{split} macro@micro",
                      f"{split}_each_overall": f"{split} micro@each", f"{split}_each_macro": f"{split} macro@each"})
     cols.update({f"val_each_{a}": f"val {SHORT[a]}@each" for a in ATTRIBUTES})
-    have = {k: v for k, v in cols.items() if k in table}
-    return table[list(have)].rename(columns=have).reset_index(drop=True)
+    return _columns(table, cols)
 
 
 def presence_table(table: pd.DataFrame) -> pd.DataFrame:
@@ -227,13 +228,14 @@ def presence_table(table: pd.DataFrame) -> pd.DataFrame:
     cols = {"config": "config", "seed": "seed"}
     for split in ("dev", "val"):
         cols.update({f"{split}_auc_{a}": f"{split} AUC {SHORT[a]}" for a in ATTRIBUTES})
-    have = {k: v for k, v in cols.items() if k in table}
-    return table[list(have)].rename(columns=have).reset_index(drop=True)
+    return _columns(table, cols)
 
 
 SHORT = dict(zip(ATTRIBUTES, ("PN", "NN", "streaks", "MLC", "globules")))
 VIEWS = {"runs": study_table, "architectures": by_architecture, "rules": rules_table, "points": points_table,
          "presence": presence_table}
+DOC_BLOCK = re.compile(rf"(?P<open><!-- results: (?P<name>[\w.-]+) (?P<view>{'|'.join(VIEWS)}) -->\n)"
+                       r"(?P<body>.*?)(?P<close><!-- /results -->)", re.S)
 
 
 def markdown_table(table: pd.DataFrame, digits: int = 3) -> str:

@@ -53,13 +53,6 @@ def sweep_record(name: str) -> tuple[Path, dict[str, Any]]:
     return PARAMS_DIR / record["base"], dict(record.get("overrides") or {})
 
 
-def sweep_results(name: str) -> Path | None:
-    """The sweep's table below the project: the ``results_file`` its record sets for every run (e.g.
-    ``results/isic_cpu_rare.csv``), which runs of the sweep as recorded append their rows to; None without one."""
-    target = sweep_record(name)[1].get("results_file")
-    return resolve(target) if target else None
-
-
 def _read_record(path: Path) -> dict[str, Any]:
     record = read_params(path)
     unknown = set(record) - {"base", "overrides"}
@@ -113,12 +106,13 @@ def run_sweep(name: str, base: str | Path | None = None, overrides: dict | None 
     base_params = {**load_params(base if base is not None else recorded_base), **recorded_overrides}
     out_dir = claim_folder(out_dir or REPORTS_DIR / "sweeps" / name, SWEEP_MARKER, "the sweep's --out",
                            own=REPORTS_DIR)
-    recorded = as_recorded(name, base, overrides)
-    if not recorded and "results_file" in base_params:  # not the study the record pins: keep results/ clean
+    if not as_recorded(name, base, overrides) and "results_file" in base_params:  # not the study the record pins: keep results/ clean
         base_params["results_file"] = str(out_dir / OWN_RESULTS_FILE)
-    todo, runs = {}, {}
+    todo, runs, results_files = {}, {}, set()
     for f in sweep_files(name):
         params = run_parameters(base_params, f, overrides, out_dir)
+        if params.get("results_file"):
+            results_files.add(params["results_file"])
         done = find_complete_run(Path(params["output_dir"]), params)
         if done is None:
             todo[f.stem] = params
@@ -144,8 +138,7 @@ def run_sweep(name: str, base: str | Path | None = None, overrides: dict | None 
         runs[stem] = find_complete_run(Path(params["output_dir"]), params)
         if runs[stem] is None:
             raise SweepError(f"sweep {name}: {stem} ran but left no complete run in {params['output_dir']}")
-    target = (overrides or {}).get("results_file") or base_params.get("results_file")
-    if target:
+    for target in sorted(results_files):  # the file the runs' own configs name (one, unless a sweep file sets it)
         fill_results(target, runs, progress)
     table = comparison(runs)
     write_table(table, out_dir / COMPARISON_FILE)

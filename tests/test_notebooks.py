@@ -199,11 +199,13 @@ def test_every_sweep_records_its_base_and_sweep_runs_on_it(monkeypatch):
     # as recorded: every run's row goes to the results/ file its record names, the table to the sweep's folder
     assert written == [Path("/nonexistent") / sweeps.COMPARISON_FILE]
     assert filled == [PROJ_ROOT / "results" / "isic_cpu.csv"]
-    assert all(p["results_file"] == "results/isic_cpu.csv" and p["epochs"] == 6 for p in seen.values())
+    assert len(seen) == 7 and all(p["results_file"] == "results/isic_cpu.csv" and p["epochs"] == 6
+                                  for p in seen.values())
     written.clear(), filled.clear(), seen.clear()
     sweeps.run_sweep("isic_cpu", out_dir=Path("/nonexistent"), overrides={"lr": 0.01}, progress=False)
     assert filled == [Path("/nonexistent") / sweeps.OWN_RESULTS_FILE]  # not what the files pin: not in results/
-    assert all(p["results_file"] == str(Path("/nonexistent") / sweeps.OWN_RESULTS_FILE) for p in seen.values())
+    assert len(seen) == 7 and all(p["results_file"] == str(Path("/nonexistent") / sweeps.OWN_RESULTS_FILE)
+                                  for p in seen.values())
     assert written == [Path("/nonexistent") / sweeps.COMPARISON_FILE]  # not what the files pin: not in results/
     seen.clear()
     sweeps.run_sweep("isic_cpu", out_dir=Path("/nonexistent"), progress=False)

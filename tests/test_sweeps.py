@@ -64,7 +64,7 @@ def test_a_sweep_run_as_recorded_appends_its_rows_to_results_and_a_changed_one_d
     target = tmp_path / "results" / "mini.csv"
     (tmp_path / "params" / "sweeps" / "mini" / "_sweep.yaml").write_text(
         f"base: base.yaml\noverrides:\n  results_file: {target}\n")
-    assert sweeps.sweep_results("mini") == target
+    assert sweeps.sweep_record("mini")[1] == {"results_file": str(target)}
     changed = sweeps.run_sweep("mini", overrides={"epochs": 2}, out_dir=tmp_path / "out2", runner="cli",
                                progress=False)
     assert not target.exists() and (tmp_path / "out2" / sweeps.COMPARISON_FILE).exists()
