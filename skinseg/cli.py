@@ -191,7 +191,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
         if not params.is_file():
             raise ConfigError(f"--params {args.params}: no such file ({params}); e.g. --params params/isic.yaml")
     data = str(Path(args.data).expanduser().resolve()) if args.data else None
-    options = {"sweep": args.sweep} if args.sweep else {}
+    if args.no_sweep and (args.sweep or args.sweep_set):
+        raise ConfigError("--no-sweep: given with --sweep/--sweep-set; keep one (--no-sweep trains no sweep)")
+    options = {"sweep": None} if args.no_sweep else {"sweep": args.sweep} if args.sweep else {}
     if args.sweep_set:
         options["sweep_overrides"] = parse_overrides(args.sweep_set)
     images = None if args.update_images is None else Path(args.update_images or IMAGES_DIR).expanduser().resolve()
@@ -331,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep", default=None, help="sweep of 04_sweeps (default: architectures)")
     p.add_argument("--sweep-set", action="append", metavar="KEY=VALUE",
                    help="override a key of every sweep config (default: epochs=2)")
+    p.add_argument("--no-sweep", action="store_true",
+                   help="04_sweeps trains no sweep and shows only the study's tables in results/ (the real report)")
     p.add_argument("--update-images", nargs="?", const="", default=None, metavar="DIR",
                    help="also refresh the README figures, in images/ or DIR (e.g. images/isic)")
     p.set_defaults(func=_cmd_report)

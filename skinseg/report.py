@@ -73,9 +73,11 @@ def execute(name: str, parameters: dict[str, Any], out_dir: Path, kernel: str = 
 
 def run_notebooks(params: str | Path = PARAMS_DIR / "demo.yaml", data_root: str | Path | None = None,
                   out_dir: str | Path = REPORTS_DIR, notebooks=NOTEBOOKS, kernel: str = "python3",
-                  sweep: str = "architectures", sweep_overrides: dict | None = None,
+                  sweep: str | None = "architectures", sweep_overrides: dict | None = None,
                   progress: bool = True) -> list[Path]:
-    """Execute the notebooks in order; returns the executed copies."""
+    """Execute the notebooks in order; returns the executed copies. ``sweep=None``: notebook 04 trains no sweep
+    and shows only the study's tables in ``results/`` (the real report: a short sweep on the real data says
+    nothing, the 13-epoch comparison is in ``results/``)."""
     from skinseg.sweeps import load_params
 
     out_dir = Path(out_dir)
@@ -88,7 +90,7 @@ def run_notebooks(params: str | Path = PARAMS_DIR / "demo.yaml", data_root: str 
     values.update(data_root=None if synthetic else str(root), output_dir=str(run_root), run_name="report")
     shared = {**values, "params_file": str(resolve(params)), "sweep": sweep,
               "sweep_overrides": sweep_overrides if sweep_overrides is not None else {"epochs": 2},
-              "sweep_out": str(out_dir / "sweeps" / sweep), "checkpoint": None,
+              "sweep_out": str(out_dir / "sweeps" / sweep) if sweep else None, "checkpoint": None,
               "submission_dir": str(out_dir / "submission"), "figures_dir": str(out_dir / "figures")}
     executed = []
     for k, name in enumerate(notebooks, 1):
@@ -187,6 +189,7 @@ README_FIGURES = (
     ("01_eda", "Examples with their masks", "examples.png"),
     ("03_train", "Loss, learning rate and validation score", "training_curves.png"),
     ("04_sweeps", "Validation curves", "sweep_curves.png"),
+    ("04_sweeps", "The study on the real data (`results/`)", "study_curves.png"),
     ("06_qualitative", "Worst images", "worst_images.png"),
 )
 

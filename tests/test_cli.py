@@ -77,7 +77,8 @@ BAD_INPUTS = {
               ("sweep architectures --base {tmp}/missing.yaml", "not found"),
               ("sweep architectures --base {dup}", "given twice")],
     "report": [("report --params {tmp}/missing.yaml", "no such file"), ("report --out {good}", "is a file"),
-               ("report --sweep-set epochs", "key=value")],
+               ("report --sweep-set epochs", "key=value"),
+               ("report --no-sweep --sweep isic_gpu", "--no-sweep")],
 }
 
 
@@ -248,8 +249,10 @@ def test_report_options_reach_build_report(tmp_path, monkeypatch):
           "--sweep-set", "base_channels=16", "--update-images", "pics"])
     main(["report", "--no-pdf", "--update-images"])
     main(["report", "--no-pdf"])
-    first, second, third = calls
+    main(["report", "--no-pdf", "--no-sweep"])
+    first, second, third, fourth = calls
     assert first["out_dir"] == tmp_path / "real" and first["images_dir"] == tmp_path / "pics"
     assert first["sweep"] == "isic_gpu" and first["sweep_overrides"] == {"epochs": 1, "base_channels": 16}
     assert second["images_dir"] == IMAGES_DIR and "sweep" not in second and "sweep_overrides" not in second
     assert third["images_dir"] is None and third["out_dir"] == REPORTS_DIR
+    assert fourth["sweep"] is None and "sweep_overrides" not in fourth  # the real report's: no sweep trained

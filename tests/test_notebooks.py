@@ -304,3 +304,17 @@ def test_sweep_recognises_a_run_made_before_a_config_key_existed(tmp_path):
     folder.metrics_file.write_text("kind,epoch\nepoch,1\n")
     assert find_complete_run(tmp_path, params) == run
     assert find_complete_run(tmp_path, {**params, "crop_size": 64}) is None  # a new value of the new key is a new run
+
+
+def test_sweeps_notebook_without_a_sweep_trains_nothing_and_shows_the_results_tables(tmp_path):
+    # the real report's --no-sweep: a one-epoch sweep on the real data says nothing, the study is in results/
+    from skinseg.results import study_tables
+
+    out = execute("04_sweeps", {"sweep": None, "sweep_out": str(tmp_path / "sweep")}, tmp_path)
+    assert not (tmp_path / "sweep").exists()
+    text = "\n".join(str(o.get("data", {}).get("text/markdown", "")) + str(o.get("data", {}).get("text/html", ""))
+                     for c in nbformat.read(out, as_version=4).cells if c.cell_type == "code" for o in c.outputs)
+    assert "No sweep was trained here" in text
+    tables = study_tables()
+    assert tables and all(f"`results/{name}.csv` ({len(t)} runs)" in text for name, t in tables.items())
+    assert "unet-residual" in text and "dev last-3" in text  # the architecture comparison's rows and its statistic
