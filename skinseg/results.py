@@ -236,6 +236,8 @@ VIEWS = {"runs": study_table, "architectures": by_architecture, "rules": rules_t
          "presence": presence_table}
 DOC_BLOCK = re.compile(rf"(?P<open><!-- results: (?P<name>[\w.-]+) (?P<view>{'|'.join(VIEWS)}) -->\n)"
                        r"(?P<body>.*?)(?P<close><!-- /results -->)", re.S)
+# "<!-- sweeps -->" ... "<!-- /sweeps -->": which of the study's sweeps have written their rows (sweep_status)
+STATUS_BLOCK = re.compile(r"(?P<open><!-- sweeps -->\n)(?P<body>.*?)(?P<close><!-- /sweeps -->)", re.S)
 
 
 def markdown_table(table: pd.DataFrame, digits: int = 3) -> str:
@@ -251,7 +253,8 @@ def markdown_table(table: pd.DataFrame, digits: int = 3) -> str:
 
 
 def render_doc(text: str, folder: str | Path = RESULTS_DIR_NAME) -> str:
-    """``text`` with every results block refilled from ``folder``'s CSVs (a missing CSV: a line saying so)."""
+    """``text`` with every results block refilled from ``folder``'s CSVs (a missing CSV: a line saying so), and
+    the sweeps block with the status of the study's sweeps."""
     root = resolve(folder)
 
     def fill(m: re.Match) -> str:
@@ -260,7 +263,13 @@ def render_doc(text: str, folder: str | Path = RESULTS_DIR_NAME) -> str:
                 else f"*(no runs yet: {RESULTS_DIR_NAME}/{path.name} does not exist)*\n")
         return m["open"] + body + m["close"]
 
-    return DOC_BLOCK.sub(fill, text)
+    text = DOC_BLOCK.sub(fill, text)
+    if STATUS_BLOCK.search(text):
+        from skinseg.sweeps import sweep_status
+
+        status = markdown_table(sweep_status())
+        text = STATUS_BLOCK.sub(lambda m: m["open"] + status + m["close"], text)
+    return text
 
 
 def update_doc(path: str | Path) -> bool:

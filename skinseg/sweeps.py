@@ -205,6 +205,30 @@ def _last_line(log: Path) -> str:
     return next((line for line in reversed(lines) if line), "no output")
 
 
+def sweep_status(root: Path | None = None) -> pd.DataFrame:
+    """The study's sweeps (those whose record names a ``results_file``): per sweep, its base, its table in
+    ``results/``, how many of its runs have written their row there, which have not yet, and the rows there of
+    runs that are no file of the sweep (trained on their own, e.g. a second seed)."""
+    from skinseg.results import read_results
+
+    root = root or PARAMS_DIR / "sweeps"
+    rows = []
+    for folder in sorted(p for p in root.iterdir() if (p / SWEEP_RECORD).is_file()):
+        base, overrides = sweep_record(folder.name)
+        if not overrides.get("results_file"):
+            continue
+        stems = [f.stem for f in sweep_files(folder.name)]
+        path = resolve(overrides["results_file"])
+        table = read_results(path) if path.is_file() and path.stat().st_size else pd.DataFrame()
+        done = set(table["config"]) if "config" in table else set()
+        missing = [s for s in stems if s not in done]
+        rows.append({"sweep": folder.name, "base": base.name, "table": str(overrides["results_file"]),
+                     "runs": len(stems), "rows written": len(stems) - len(missing),
+                     "not run yet": " ".join(missing), "rows of other runs": " ".join(sorted(done - set(stems)))})
+    return pd.DataFrame(rows, columns=["sweep", "base", "table", "runs", "rows written", "not run yet",
+                                       "rows of other runs"])
+
+
 def comparison(runs: dict[str, Path]) -> pd.DataFrame:
     """One row per run, best first by the mean tuned validation score of its last three validations (far less
     noisy than a curve's peak), with the peak, its epoch, per-attribute Jaccard there and time per epoch."""

@@ -318,3 +318,4 @@ def test_sweeps_notebook_without_a_sweep_trains_nothing_and_shows_the_results_ta
     tables = study_tables()
     assert tables and all(f"`results/{name}.csv` ({len(t)} runs)" in text for name, t in tables.items())
     assert "unet-residual" in text and "dev last-3" in text  # the architecture comparison's rows and its statistic
+    assert "Which of the study's sweeps have written their rows" in text and "isic_cpu_ema" in text

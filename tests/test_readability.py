@@ -89,8 +89,10 @@ def test_the_experiment_log_is_what_results_csvs_say():
     from skinseg.results import render_doc
 
     text = (PROJ_ROOT / "docs" / "experiments.md").read_text()
-    assert "<!-- results: isic_cpu_architectures runs -->" in text
+    assert "<!-- results: isic_cpu_architectures runs -->" in text and "<!-- sweeps -->" in text
     assert render_doc(text) == text, "docs/experiments.md is out of date with results/: run `make docs`"
+    status = text.split("<!-- sweeps -->")[1].split("<!-- /sweeps -->")[0]
+    assert "| isic_cpu_rare | isic_cpu.yaml | results/isic_cpu_rare.csv |" in status  # every study sweep, a row
     readme = (PROJ_ROOT / "README.md").read_text()
     assert "<!-- results: isic_cpu_architectures architectures -->" in readme
     assert render_doc(readme) == readme, "the README's results at a glance are stale: run `make docs`"

@@ -92,3 +92,24 @@ def test_a_record_with_the_old_table_key_is_refused_with_what_to_write(tmp_path,
     (tmp_path / "params" / "sweeps" / "mini" / "_sweep.yaml").write_text("base: base.yaml\ntable: results/x.csv\n")
     with pytest.raises(sweeps.ConfigError, match=r"_sweep\.yaml.*unknown: table.*`results_file:` under `overrides:`"):
         sweeps.sweep_record("mini")
+
+
+def test_the_study_status_names_each_sweeps_runs_without_a_row_and_rows_of_other_runs(tmp_path, monkeypatch,
+                                                                                      small_root):
+    _sweep(tmp_path, monkeypatch, small_root, {"a": {}, "b": {"lr": 0.01}, "c": {"seed": 7}})
+    target = tmp_path / "results" / "mini.csv"
+    target.parent.mkdir()
+    (tmp_path / "params" / "sweeps" / "mini" / "_sweep.yaml").write_text(
+        f"base: base.yaml\noverrides:\n  results_file: {target}\n")
+    (tmp_path / "params" / "sweeps" / "plain").mkdir()  # a sweep without a results file is no part of the study
+    (tmp_path / "params" / "sweeps" / "plain" / "x.yaml").write_text("lr: 0.01\n")
+    (tmp_path / "params" / "sweeps" / "plain" / "_sweep.yaml").write_text("base: base.yaml\n")
+    row = sweeps.sweep_status().set_index("sweep").loc["mini"]  # no file yet: nothing written
+    assert (row["runs"], row["rows written"], row["not run yet"]) == (3, 0, "a b c")
+    # rows are matched by the run's config (its sweep file); a row of a run trained on its own is named apart
+    pd.DataFrame({"run": ["20261202-010101_unet_b", "20261202-020202_unet_a_seed3"]}).to_csv(target, index=False)
+    status = sweeps.sweep_status()
+    assert list(status["sweep"]) == ["mini"]
+    row = status.iloc[0]
+    assert (row["rows written"], row["not run yet"], row["rows of other runs"]) == (1, "a c", "a_seed3")
+    assert row["base"] == "base.yaml" and row["table"] == str(target)
