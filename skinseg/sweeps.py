@@ -106,7 +106,8 @@ def run_sweep(name: str, base: str | Path | None = None, overrides: dict | None 
     base_params = {**load_params(base if base is not None else recorded_base), **recorded_overrides}
     out_dir = claim_folder(out_dir or REPORTS_DIR / "sweeps" / name, SWEEP_MARKER, "the sweep's --out",
                            own=REPORTS_DIR)
-    if not as_recorded(name, base, overrides) and "results_file" in base_params:  # not the study the record pins: keep results/ clean
+    # not the study the record pins: its rows go to the sweep's own folder, which keeps results/ clean
+    if not as_recorded(name, base, overrides) and "results_file" in base_params:
         base_params["results_file"] = str(out_dir / OWN_RESULTS_FILE)
     todo, runs, results_files = {}, {}, set()
     for f in sweep_files(name):
@@ -205,15 +206,14 @@ def _last_line(log: Path) -> str:
     return next((line for line in reversed(lines) if line), "no output")
 
 
-def sweep_status(root: Path | None = None) -> pd.DataFrame:
+def sweep_status() -> pd.DataFrame:
     """The study's sweeps (those whose record names a ``results_file``): per sweep, its base, its table in
     ``results/``, how many of its runs have written their row there, which have not yet, and the rows there of
     runs that are no file of the sweep (trained on their own, e.g. a second seed)."""
     from skinseg.results import read_results
 
-    root = root or PARAMS_DIR / "sweeps"
     rows = []
-    for folder in sorted(p for p in root.iterdir() if (p / SWEEP_RECORD).is_file()):
+    for folder in sorted(p for p in (PARAMS_DIR / "sweeps").iterdir() if (p / SWEEP_RECORD).is_file()):
         base, overrides = sweep_record(folder.name)
         if not overrides.get("results_file"):
             continue
