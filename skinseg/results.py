@@ -23,6 +23,8 @@ from skinseg.paths import resolve
 from skinseg.runs import LAST_VALIDATIONS, RunFolder, last_mean
 
 
+# "own" in rows whose last.pt was scored at thresholds tuned on its own weights (every row since 2026-12-02)
+LAST_PT_THRESHOLDS = "last_pt_thresholds"
 CURVE_COLUMN = "tune_curve"  # the tuned validation score of every validated epoch, "epoch:score" space-separated
 RESULTS_DIR_NAME = "results"
 # what a reader compares first: the columns study_table shows, in order
@@ -129,13 +131,20 @@ def curves(table: pd.DataFrame) -> dict[str, pd.Series]:
 
 def run_row(run_dir: str | Path, progress: bool = False) -> dict[str, Any]:
     """The comparison row of a finished run (evaluates its chosen checkpoint on dev and val)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="skinseg-row-") as tmp:
+        return _run_row(RunFolder(run_dir), Path(tmp))
+
+
+def _run_row(run: RunFolder, tmp: Path) -> dict[str, Any]:
     from skinseg.checkpoint import load_checkpoint
     from skinseg.models.registry import MODELS
     from skinseg.predict.evaluate import evaluate_checkpoint, operating_points
 
-    run = RunFolder(run_dir)
     cfg = run.config()
-    checkpoint = run.chosen
+    root = resolve(cfg["data_root"])
+    checkpoint = own_decision(run.chosen, root, cfg["val_split"], tmp)
     state = load_checkpoint(checkpoint, mmap=True)
     _, epochs = run.metrics()
     model = MODEL_ALIASES.get(cfg["model"], cfg["model"])
@@ -151,25 +160,76 @@ def run_row(run_dir: str | Path, progress: bool = False) -> dict[str, Any]:
         f"tune_last{LAST_VALIDATIONS}": last_mean(epochs),
         "tune_peak": float(epochs["val_tuned_jaccard"].max()) if "val_tuned_jaccard" in epochs else float("nan"),
         "tune_split": cfg["val_split"], "config": cfg.get("run_name") or "",
+        # which dev hold-out tuned and selected (its seed: dev_seed, or seed where that is null); rows of one
+        # study compare on dev only when they share it
+        "dev_seed": (cfg["seed"] if cfg.get("dev_seed") is None else cfg["dev_seed"]) if cfg["val_split"] == "dev"
+        else "",
         CURVE_COLUMN: curve_text(epochs),
     }
-    root = cfg["data_root"]
     for split in dict.fromkeys((cfg["val_split"], "val")):
-        result = evaluate_checkpoint(checkpoint, resolve(root), split)
+        result = evaluate_checkpoint(checkpoint, root, split)
         for name, point in operating_points(result, state).items():
             s, tag = point["scores"], f"{split}_{'micro' if name == 'micro' else 'each'}"
             row[f"{tag}_overall"], row[f"{tag}_macro"] = s.overall, s.macro_jaccard
             row.update({f"{tag}_{a}": s.jaccard[a] for a in ATTRIBUTES})
         row.update({f"{split}_auc_{a}": v for a, v in result.presence_auc().items()})
     # the two selection rules side by side on val, which neither selects on: best.pt (the dev peak) and last.pt,
-    # each at its own micro thresholds
+    # each at the micro thresholds tuned on its own weights
     for rule, path in (("best", run.best), ("last", run.last)):
-        same = path.resolve() == Path(checkpoint).resolve()
-        row[f"val_micro_{rule}_pt"] = (row["val_micro_overall"] if same else
-                                       evaluate_checkpoint(path, resolve(root), "val").scores.overall if path.exists()
-                                       else float("nan"))
+        same = path.resolve() == Path(run.chosen).resolve()
+        row[f"val_micro_{rule}_pt"] = (
+            row["val_micro_overall"] if same else float("nan") if not path.exists() else
+            evaluate_checkpoint(own_decision(path, root, cfg["val_split"], tmp), root, "val").scores.overall)
     row["best_epoch"] = int(load_checkpoint(run.best, mmap=True)["epoch"]) if run.best.exists() else -1
+    row[LAST_PT_THRESHOLDS] = "own"  # rows written before 2026-12-02 scored last.pt at the best epoch's
+    if cfg.get("ema") and run.last.exists():
+        row.update(trained_weights_scores(run.last, root, cfg["val_split"]))
     return row
+
+
+def own_decision(checkpoint: str | Path, data_root: str | Path, tune_split: str, tmp: Path) -> Path:
+    """``checkpoint``, when its thresholds were tuned on its own weights; else (a last.pt written before each
+    checkpoint carried its own, which holds the best epoch's) a copy in ``tmp`` with thresholds, gates and
+    per-attribute thresholds tuned on ``tune_split`` for its weights, as training tunes them."""
+    from skinseg.checkpoint import load_checkpoint, save_checkpoint
+    from skinseg.predict.evaluate import evaluate_checkpoint
+
+    state = load_checkpoint(checkpoint)
+    tuned_at = state.get("thresholds_epoch", state.get("best", {}).get("epoch", state.get("epoch")))
+    if tuned_at == state.get("epoch"):
+        return Path(checkpoint)
+    sweep = evaluate_checkpoint(checkpoint, data_root, tune_split, tuned=False).sweep
+    thresholds, gates, _ = sweep.tune(tune_gate=bool(state["config"].get("aux_head")))
+    copy = tmp / f"{Path(checkpoint).stem}-own-thresholds.pt"
+    save_checkpoint({**{k: v for k, v in state.items() if k != "format"}, "thresholds": thresholds, "gates": gates,
+                     "thresholds_per_attribute": sweep.tune_each(), "thresholds_epoch": state["epoch"]}, copy)
+    return copy
+
+
+def trained_weights_scores(last: str | Path, data_root: str | Path, tune_split: str) -> dict[str, float]:
+    """What the weight average adds, on the same trajectory: the trained weights that a run with ``ema`` keeps
+    beside the average in ``last.pt`` (``train_model``), scored as the run scores its own checkpoints, with
+    thresholds tuned for the micro score on ``tune_split`` and applied on val. Beside the row's last.pt columns
+    (the averaged weights of the same final step), no seed, data order or schedule differs between the two."""
+    from skinseg.checkpoint import load_checkpoint, load_model_weights
+    from skinseg.data.dataset import make_loader
+    from skinseg.predict.load import load_for_inference
+    from skinseg.predict.loop import evaluate_model
+
+    model, cfg, state, dev, amp_dtype = load_for_inference(last, "auto")
+    trained = load_checkpoint(last, mmap=True).get("train_model")
+    if trained is None:
+        return {}
+    load_model_weights(model, {"model": trained, "config": state["config"]}, last)
+    cfg = cfg.replace(data_root=str(data_root), num_workers=0)
+
+    def scored(split: str, thresholds=None):
+        return evaluate_model(model, make_loader(cfg, split, train=False), dev, thresholds, tta="none",
+                              amp_dtype=amp_dtype, channels_last=cfg.channels_last, reduce=False)
+
+    thresholds, _, tuned = scored(tune_split).sweep.tune()
+    return {f"{tune_split}_micro_trained_last": tuned,
+            "val_micro_trained_last": scored("val", thresholds).scores.overall}
 
 
 def append_row(results_file: str | Path, row: dict[str, Any]) -> Path:
@@ -206,9 +266,33 @@ def rules_table(table: pd.DataFrame) -> pd.DataFrame:
             "val_micro_best_pt": "val at best.pt", "val_micro_last_pt": "val at last.pt"}
     out = _columns(table, cols)
     if {"val at best.pt", "val at last.pt"} <= set(out):
-        out = out.dropna(subset=["val at best.pt", "val at last.pt"])
+        keep = out[["val at best.pt", "val at last.pt"]].notna().all(axis=1).to_numpy()
         out["last - best"] = out["val at last.pt"] - out["val at best.pt"]
+        # which thresholds scored last.pt: tuned on its own weights, or (rows written before 2026-12-02, when
+        # last.pt carried the best epoch's thresholds) the best epoch's, unless the two are one checkpoint
+        own = (table[LAST_PT_THRESHOLDS].eq("own") if LAST_PT_THRESHOLDS in table
+               else pd.Series(False, index=table.index))
+        if {"best_epoch", "epochs"} <= set(table):
+            own = own | (table["best_epoch"] == table["epochs"])
+        out["last.pt thresholds"] = ["own" if o else "best epoch's" for o in own.to_numpy()]
+        out = out[keep]
     return out.reset_index(drop=True)
+
+
+def averaging_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Runs that average their weights (``ema``): the final checkpoint's averaged weights against the trained
+    weights of the same last step, tuned on dev and scored on val; the difference is what the average adds."""
+    if "val_micro_trained_last" not in table:
+        return pd.DataFrame(columns=["config", "seed"])
+    table = table.dropna(subset=["val_micro_trained_last"]).copy()
+    table["dev_at_last"] = [parse_curve(c).iloc[-1] for c in table[CURVE_COLUMN]]
+    cols = {"config": "config", "seed": "seed", "dev_at_last": "dev at last.pt (EMA)",
+            "dev_micro_trained_last": "dev, trained weights", "val_micro_last_pt": "val at last.pt (EMA)",
+            "val_micro_trained_last": "val, trained weights"}
+    out = _columns(table, cols)
+    out["EMA - trained, dev"] = out["dev at last.pt (EMA)"] - out["dev, trained weights"]
+    out["EMA - trained, val"] = out["val at last.pt (EMA)"] - out["val, trained weights"]
+    return out
 
 
 def points_table(table: pd.DataFrame) -> pd.DataFrame:
@@ -233,7 +317,7 @@ def presence_table(table: pd.DataFrame) -> pd.DataFrame:
 
 SHORT = dict(zip(ATTRIBUTES, ("PN", "NN", "streaks", "MLC", "globules")))
 VIEWS = {"runs": study_table, "architectures": by_architecture, "rules": rules_table, "points": points_table,
-         "presence": presence_table}
+         "presence": presence_table, "averaging": averaging_table}
 DOC_BLOCK = re.compile(rf"(?P<open><!-- results: (?P<name>[\w.-]+) (?P<view>{'|'.join(VIEWS)}) -->\n)"
                        r"(?P<body>.*?)(?P<close><!-- /results -->)", re.S)
 # "<!-- sweeps -->" ... "<!-- /sweeps -->": which of the study's sweeps have written their rows (sweep_status)

@@ -190,6 +190,85 @@ def test_a_run_writes_its_comparison_row_by_its_checkpoint_rule(tmp_path, cache_
     assert row[f"val_micro_{'best' if rule == 'last' else 'last'}_pt"] == pytest.approx(
         evaluate_checkpoint(other, root, "val").scores.overall, abs=1e-4)
     assert row["best_epoch"] == summary["best_epoch"]
+    assert row["dev_seed"] == 42 and row["last_pt_thresholds"] == "own"  # dev_seed null: the hold-out of `seed`
+
+
+def test_a_run_with_ema_scores_its_trained_weights_beside_the_average(tmp_path, cache_root):
+    """What the EMA adds on one trajectory: last.pt keeps the trained weights beside the averaged ones, and the row
+    scores them as the run scores its checkpoints (thresholds tuned on dev, applied on val)."""
+    import pandas as pd
+
+    from conftest import write_split
+    from skinseg.checkpoint import load_checkpoint, save_checkpoint
+    from skinseg.predict.evaluate import evaluate_checkpoint
+    from skinseg.results import averaging_table, read_results
+    from skinseg.runs import RunFolder
+    from skinseg.train import train
+
+    root = tmp_path / "isic"
+    write_split(root, "train", [(48, 40)] * 8 + [(40, 48)] * 4, seed=1)
+    write_split(root, "val", [(48, 40), (56, 42)], seed=2, first_id=100)
+    results = tmp_path / "results" / "ema.csv"
+    summary = train(tiny_config(root, tmp_path, epochs=3, dev_fraction=0.3, val_split="dev", checkpoint_rule="last",
+                                ema=0.9, results_file=str(results)), progress=False)
+    run = RunFolder(summary["run_dir"])
+    row = pd.read_csv(results).iloc[0]
+    state = load_checkpoint(run.last)
+    assert any(not torch.equal(state["model"][k], v) for k, v in state["train_model"].items()
+               if v.is_floating_point())  # two sets of weights
+    # the trained weights as a checkpoint of their own, scored by the public evaluation: the row's figures
+    alone = tmp_path / "trained.pt"
+    save_checkpoint({**state, "model": state["train_model"]}, alone)
+    thresholds, _, tuned = evaluate_checkpoint(alone, root, "dev").sweep.tune()
+    assert row["dev_micro_trained_last"] == pytest.approx(tuned, abs=1e-4)
+    save_checkpoint({**state, "model": state["train_model"], "thresholds": thresholds}, alone)
+    assert row["val_micro_trained_last"] == pytest.approx(evaluate_checkpoint(alone, root, "val").scores.overall,
+                                                          abs=1e-4)
+    shown = averaging_table(read_results(results))
+    assert shown["dev at last.pt (EMA)"].iloc[0] == pytest.approx(row["dev_micro_overall"], abs=1e-4)
+    assert shown["EMA - trained, val"].iloc[0] == pytest.approx(
+        row["val_micro_last_pt"] - row["val_micro_trained_last"], abs=1e-4)
+    # a run without EMA has no such columns, and the view of its table is empty
+    plain = tmp_path / "results" / "plain.csv"
+    train(tiny_config(root, tmp_path, epochs=1, dev_fraction=0.3, val_split="dev", results_file=str(plain)),
+          progress=False)
+    assert "val_micro_trained_last" not in pd.read_csv(plain) and averaging_table(read_results(plain)).empty
+
+
+def test_each_checkpoint_carries_the_thresholds_tuned_on_its_own_weights(tmp_path, cache_root):
+    """last.pt holds the thresholds tuned at its own epoch's validation, best.pt the best epoch's; a last.pt of
+    an older run, which held the best epoch's, is scored for a row with thresholds tuned anew for its weights."""
+    import pandas as pd
+
+    from conftest import write_split
+    from skinseg.checkpoint import load_checkpoint, save_checkpoint
+    from skinseg.predict.evaluate import evaluate_checkpoint
+    from skinseg.results import own_decision
+    from skinseg.runs import RunFolder
+    from skinseg.train import train
+
+    root = tmp_path / "isic"
+    write_split(root, "train", [(48, 40)] * 8 + [(40, 48)] * 4, seed=1)
+    write_split(root, "val", [(48, 40), (56, 42)], seed=2, first_id=100)
+    summary = train(tiny_config(root, tmp_path, epochs=4, dev_fraction=0.3, val_split="dev", scheduler="none"),
+                    progress=False)
+    run = RunFolder(summary["run_dir"])
+    _, epochs = run.metrics()
+    logged = epochs.set_index("epoch")["val_tuned_jaccard"]
+    last, best = load_checkpoint(run.last), load_checkpoint(run.best)
+    assert last["thresholds_epoch"] == last["epoch"] == 4 and best["thresholds_epoch"] == best["epoch"]
+    for path, state in ((run.last, last), (run.best, best)):
+        assert evaluate_checkpoint(path, root, "dev").scores.overall == pytest.approx(logged[state["epoch"]], abs=1e-4)
+    assert own_decision(run.last, root, "dev", tmp_path) == run.last  # its own already: no copy
+    # a last.pt as runs wrote it before: the best epoch's (here: other) thresholds and no thresholds_epoch
+    old = tmp_path / "old" / "last.pt"
+    save_checkpoint({**{k: v for k, v in last.items() if k not in ("format", "thresholds_epoch")},
+                     "thresholds": [0.97] * 5, "best": {**last["best"], "epoch": 1}}, old)
+    assert evaluate_checkpoint(old, root, "dev").scores.overall != pytest.approx(logged[4], abs=1e-4)
+    mended = own_decision(old, root, "dev", tmp_path)
+    assert mended != old and load_checkpoint(mended)["thresholds_epoch"] == 4
+    assert evaluate_checkpoint(mended, root, "dev").scores.overall == pytest.approx(logged[4], abs=1e-4)
+    assert load_checkpoint(old)["thresholds"] == [0.97] * 5  # the run's own file is left as it was
 
 
 def test_study_tables_group_architectures_with_their_seed_spread():
@@ -221,6 +300,21 @@ def test_study_tables_group_architectures_with_their_seed_spread():
     found = curves(table.assign(config=table.apply(run_config, axis=1)))
     assert list(found) == ["a_unet (seed 42)", "d_lite0 (seed 42)"]
     assert found["a_unet (seed 42)"].to_dict() == {1: 0.2, 2: 0.3}
+
+
+def test_the_rules_table_says_which_thresholds_scored_last_pt():
+    import pandas as pd
+
+    from skinseg.results import rules_table
+
+    table = pd.DataFrame(dict(config=["old_same", "old_other", "new", "no_last"], seed=42, epochs=13,
+                              best_epoch=[13, 11, 11, 11], val_micro_best_pt=[0.3, 0.3, 0.3, 0.3],
+                              val_micro_last_pt=[0.3, 0.28, 0.31, float("nan")],
+                              last_pt_thresholds=[None, None, "own", "own"]))
+    shown = rules_table(table)
+    assert shown["config"].tolist() == ["old_same", "old_other", "new"]  # a run without last.pt: no row
+    assert shown["last.pt thresholds"].tolist() == ["own", "best epoch's", "own"]
+    assert shown["last - best"].tolist() == pytest.approx([0.0, -0.02, 0.01])
 
 
 def test_the_decision_rule_is_read_from_a_checkpoint_in_one_place():

@@ -185,7 +185,8 @@ def test_every_sweep_records_its_base_and_sweep_runs_on_it(monkeypatch):
         base, overrides = sweeps.sweep_record(folder.name)
         assert (folder / "_sweep.yaml").exists() and base.is_file(), folder.name
     assert sweeps.sweep_record("isic_cpu_pretrained") == (
-        PARAMS_DIR / "isic_cpu.yaml", {"results_file": "results/isic_cpu_pretrained.csv"})
+        PARAMS_DIR / "isic_cpu.yaml", {"results_file": "results/isic_cpu_pretrained.csv", "ema": None,
+                                       "checkpoint_rule": "best"})
     assert sweeps.sweep_record("isic_cpu") == (
         PARAMS_DIR / "isic_cpu_128.yaml", {"results_file": "results/isic_cpu.csv", "epochs": 6})
     seen = {}

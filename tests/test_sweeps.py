@@ -113,3 +113,24 @@ def test_the_study_status_names_each_sweeps_runs_without_a_row_and_rows_of_other
     row = status.iloc[0]
     assert (row["rows written"], row["not run yet"], row["rows of other runs"]) == (1, "a c", "a_seed3")
     assert row["base"] == "base.yaml" and row["table"] == str(target)
+
+
+def test_the_studys_sweeps_share_one_dev_split_and_pin_the_recipe_they_ran_on(tmp_path):
+    """Runs of one study compare on dev only on one hold-out: every real-data sweep run resolves to dev seed 42,
+    but the one recorded as run on another; and the sweeps on the CPU recipe keep the values their rows ran with
+    (no EMA, chosen by the dev peak) after the recipe moved to EMA at its final checkpoint."""
+    from skinseg.paths import PARAMS_DIR
+
+    other = set()
+    for folder in sorted((PARAMS_DIR / "sweeps").glob("isic*")):
+        base, overrides = sweeps.sweep_record(folder.name)
+        for member in sweeps.sweep_files(folder.name):
+            params = sweeps.run_parameters({**sweeps.load_params(base), **overrides}, member, None, tmp_path)
+            dev = params.get("dev_seed") if params.get("dev_seed") is not None else params.get("seed", 42)
+            if dev != 42:
+                other.add(f"{folder.name}/{member.stem}")
+            if base.name == "isic_cpu.yaml" and folder.name != "isic_cpu_ema":
+                assert params["ema"] is None and params["checkpoint_rule"] == "best", member
+    assert other == {"isic_cpu_rare/d_rare_sampler_17ep_seed7"}
+    recipe = sweeps.load_params(PARAMS_DIR / "isic_cpu.yaml")
+    assert (recipe["ema"], recipe["checkpoint_rule"], recipe["dev_seed"]) == (0.998, "last", 42)

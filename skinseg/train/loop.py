@@ -96,6 +96,9 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.best = {"score": -1.0, "epoch": 0, "thresholds": [cfg.threshold] * cfg.classes,
                      "gates": [0.0] * cfg.classes}
+        # the decision (thresholds, gates) tuned at the latest validation, on the weights last.pt then holds;
+        # best.pt keeps the best epoch's (self.best), so each checkpoint carries thresholds tuned on its own weights
+        self.latest = {k: self.best[k] for k in ("epoch", "thresholds", "gates")}
         self.stale_epochs = 0
 
     @property
@@ -257,6 +260,8 @@ class Trainer:
             row.update({"val_loss": result.loss, **result.scores.flat("val_"), "val_tuned_jaccard": tuned,
                         "val_tuned_macro_jaccard": tuned_macro})
             score = tuned if self.cfg.tune_thresholds else result.scores.overall
+            self.latest = {"epoch": self.epoch, "thresholds": thresholds, "gates": gates,
+                           "thresholds_per_attribute": each}
             improved = score > self.best["score"]
             if improved:
                 self.best = {"score": score, "epoch": self.epoch, "thresholds": thresholds, "gates": gates,
@@ -275,9 +280,9 @@ class Trainer:
             write_last = self.epoch % self.cfg.checkpoint_every == 0 or self.epoch == self.cfg.epochs or stop
             state = self._state() if write_last or improved else None
             if write_last:
-                save_checkpoint(state, self.run.last)
+                save_checkpoint({**state, **self._decision(self.latest)}, self.run.last)
             if improved:
-                save_checkpoint(state, self.run.best)
+                save_checkpoint({**state, **self._decision(self.best)}, self.run.best)
         row["checkpoint_seconds"] = time.perf_counter() - start
         self._log(row)
         if self.progress:
@@ -300,14 +305,20 @@ class Trainer:
             "epoch": self.epoch,
             "step": self.step,
             "config": self.cfg.to_dict(),
-            "thresholds": self.best["thresholds"],
-            "thresholds_per_attribute": self.best.get("thresholds_per_attribute"),
-            "gates": self.best["gates"],
+            **self._decision(self.best),
             "best": self.best,
+            "latest": self.latest,
             "stale_epochs": self.stale_epochs,
             "history": self.history,
             "rng": rng_state(),
         }
+
+    @staticmethod
+    def _decision(tuned: dict[str, Any]) -> dict[str, Any]:
+        """A checkpoint's decision keys from ``self.best`` or ``self.latest``; ``thresholds_epoch`` says which
+        validation tuned them (a checkpoint's own epoch, or an earlier one where the epoch was not validated)."""
+        return {"thresholds": tuned["thresholds"], "thresholds_per_attribute": tuned.get("thresholds_per_attribute"),
+                "gates": tuned["gates"], "thresholds_epoch": tuned["epoch"]}
 
     def _check_resume(self, load: str) -> dict[str, Any]:
         """The state of the checkpoint to resume, once its run folder is this process's (locked) and writable
@@ -355,6 +366,8 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step = state["epoch"], state["step"]
         self.history, self.best, self.stale_epochs = state["history"], state["best"], state["stale_epochs"]
+        # a checkpoint from before "latest" holds the best epoch's decision only
+        self.latest = state.get("latest") or {k: self.best[k] for k in ("epoch", "thresholds", "gates")}
         set_rng_state(state["rng"])
         if self.rt.main:
             run.remove_stale_temp_files()
