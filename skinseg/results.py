@@ -194,9 +194,10 @@ def own_decision(checkpoint: str | Path, data_root: str | Path, tune_split: str,
     from skinseg.checkpoint import load_checkpoint, save_checkpoint
     from skinseg.predict.evaluate import evaluate_checkpoint
 
+    from skinseg.predict.decisions import tuned_on_own_weights
+
     state = load_checkpoint(checkpoint)
-    tuned_at = state.get("thresholds_epoch", state.get("best", {}).get("epoch", state.get("epoch")))
-    if tuned_at == state.get("epoch"):
+    if tuned_on_own_weights(state):
         return Path(checkpoint)
     sweep = evaluate_checkpoint(checkpoint, data_root, tune_split, tuned=False).sweep
     thresholds, gates, _ = sweep.tune(tune_gate=bool(state["config"].get("aux_head")))

@@ -68,6 +68,14 @@ def decision_thresholds(state: dict[str, Any], operating_point: str, path: str |
     return [float(t) for t in values]
 
 
+def tuned_on_own_weights(state: dict[str, Any]) -> bool:
+    """Whether a checkpoint's thresholds were tuned on its own weights: ``thresholds_epoch`` is its epoch (every
+    checkpoint since 2026-12-02), or, in an older one that lacks it, the best epoch it names is its own (a best.pt,
+    or a last.pt of the best epoch; an older last.pt held the best epoch's thresholds)."""
+    tuned_at = state.get("thresholds_epoch", state.get("best", {}).get("epoch", state.get("epoch")))
+    return tuned_at == state.get("epoch")
+
+
 def stored_operating_points(state: dict[str, Any]) -> tuple[str, ...]:
     """The operating points a checkpoint holds thresholds for: ``micro`` always, ``per_attribute`` when stored."""
     return ("micro", "per_attribute") if state.get("thresholds_per_attribute") is not None else ("micro",)
