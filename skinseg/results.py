@@ -138,7 +138,7 @@ def run_row(run_dir: str | Path, progress: bool = False) -> dict[str, Any]:
 
 
 def _run_row(run: RunFolder, tmp: Path) -> dict[str, Any]:
-    from skinseg.checkpoint import load_checkpoint
+    from skinseg.checkpoint import checkpoint_config, load_checkpoint
     from skinseg.models.registry import MODELS
     from skinseg.predict.evaluate import evaluate_checkpoint, operating_points
 
@@ -162,7 +162,7 @@ def _run_row(run: RunFolder, tmp: Path) -> dict[str, Any]:
         "tune_split": cfg["val_split"], "config": cfg.get("run_name") or "",
         # which dev hold-out tuned and selected (its seed: dev_seed, or seed where that is null); rows of one
         # study compare on dev only when they share it
-        "dev_seed": (cfg["seed"] if cfg.get("dev_seed") is None else cfg["dev_seed"]) if cfg["val_split"] == "dev"
+        "dev_seed": checkpoint_config(state["config"], str(checkpoint)).holdout_seed if cfg["val_split"] == "dev"
         else "",
         CURVE_COLUMN: curve_text(epochs),
     }
@@ -183,7 +183,7 @@ def _run_row(run: RunFolder, tmp: Path) -> dict[str, Any]:
     row["best_epoch"] = int(load_checkpoint(run.best, mmap=True)["epoch"]) if run.best.exists() else -1
     row[LAST_PT_THRESHOLDS] = "own"  # rows written before 2026-12-02 scored last.pt at the best epoch's
     if cfg.get("ema") and run.last.exists():
-        row.update(trained_weights_scores(run.last, root, cfg["val_split"]))
+        row.update(trained_weights_scores(run.last, root, cfg["val_split"], tmp))
     return row
 
 
@@ -191,46 +191,45 @@ def own_decision(checkpoint: str | Path, data_root: str | Path, tune_split: str,
     """``checkpoint``, when its thresholds were tuned on its own weights; else (a last.pt written before each
     checkpoint carried its own, which holds the best epoch's) a copy in ``tmp`` with thresholds, gates and
     per-attribute thresholds tuned on ``tune_split`` for its weights, as training tunes them."""
-    from skinseg.checkpoint import load_checkpoint, save_checkpoint
-    from skinseg.predict.evaluate import evaluate_checkpoint
-
+    from skinseg.checkpoint import load_checkpoint
     from skinseg.predict.decisions import tuned_on_own_weights
 
     state = load_checkpoint(checkpoint)
     if tuned_on_own_weights(state):
         return Path(checkpoint)
-    sweep = evaluate_checkpoint(checkpoint, data_root, tune_split, tuned=False).sweep
-    thresholds, gates, _ = sweep.tune(tune_gate=bool(state["config"].get("aux_head")))
-    copy = tmp / f"{Path(checkpoint).stem}-own-thresholds.pt"
+    return _retuned(checkpoint, state, data_root, tune_split, tmp / f"{Path(checkpoint).stem}-own-thresholds.pt")[0]
+
+
+def _retuned(source: str | Path, state: dict[str, Any], data_root: str | Path, tune_split: str,
+             out: Path) -> tuple[Path, float]:
+    """``state`` (whose weights ``source`` holds) written to ``out`` with its decision tuned on ``tune_split`` as
+    training tunes it; ``out`` and the tuned micro score."""
+    from skinseg.checkpoint import save_checkpoint
+    from skinseg.predict.evaluate import evaluate_checkpoint
+
+    sweep = evaluate_checkpoint(source, data_root, tune_split, tuned=False).sweep
+    thresholds, gates, tuned = sweep.tune(tune_gate=bool(state["config"].get("aux_head")))
     save_checkpoint({**{k: v for k, v in state.items() if k != "format"}, "thresholds": thresholds, "gates": gates,
-                     "thresholds_per_attribute": sweep.tune_each(), "thresholds_epoch": state["epoch"]}, copy)
-    return copy
+                     "thresholds_per_attribute": sweep.tune_each(), "thresholds_epoch": state["epoch"]}, out)
+    return out, tuned
 
 
-def trained_weights_scores(last: str | Path, data_root: str | Path, tune_split: str) -> dict[str, float]:
+def trained_weights_scores(last: str | Path, data_root: str | Path, tune_split: str, tmp: Path) -> dict[str, float]:
     """What the weight average adds, on the same trajectory: the trained weights that a run with ``ema`` keeps
     beside the average in ``last.pt`` (``train_model``), scored as the run scores its own checkpoints, with
     thresholds tuned for the micro score on ``tune_split`` and applied on val. Beside the row's last.pt columns
     (the averaged weights of the same final step), no seed, data order or schedule differs between the two."""
-    from skinseg.checkpoint import load_checkpoint, load_model_weights
-    from skinseg.data.dataset import make_loader
-    from skinseg.predict.load import load_for_inference
-    from skinseg.predict.loop import evaluate_model
+    from skinseg.checkpoint import load_checkpoint, save_checkpoint
+    from skinseg.predict.evaluate import evaluate_checkpoint
 
-    model, cfg, state, dev, amp_dtype = load_for_inference(last, "auto")
-    trained = load_checkpoint(last, mmap=True).get("train_model")
-    if trained is None:
+    state = load_checkpoint(last)
+    if state.get("train_model") is None:
         return {}
-    load_model_weights(model, {"model": trained, "config": state["config"]}, last)
-    cfg = cfg.replace(data_root=str(data_root), num_workers=0)
-
-    def scored(split: str, thresholds=None):
-        return evaluate_model(model, make_loader(cfg, split, train=False), dev, thresholds, tta="none",
-                              amp_dtype=amp_dtype, channels_last=cfg.channels_last, reduce=False)
-
-    thresholds, _, tuned = scored(tune_split).sweep.tune()
+    trained = {**{k: v for k, v in state.items() if k != "format"}, "model": state["train_model"]}
+    path = save_checkpoint(trained, tmp / "last-trained-weights.pt")
+    path, tuned = _retuned(path, trained, data_root, tune_split, path)
     return {f"{tune_split}_micro_trained_last": tuned,
-            "val_micro_trained_last": scored("val", thresholds).scores.overall}
+            "val_micro_trained_last": evaluate_checkpoint(path, data_root, "val").scores.overall}
 
 
 def append_row(results_file: str | Path, row: dict[str, Any]) -> Path:
@@ -267,7 +266,6 @@ def rules_table(table: pd.DataFrame) -> pd.DataFrame:
             "val_micro_best_pt": "val at best.pt", "val_micro_last_pt": "val at last.pt"}
     out = _columns(table, cols)
     if {"val at best.pt", "val at last.pt"} <= set(out):
-        keep = out[["val at best.pt", "val at last.pt"]].notna().all(axis=1).to_numpy()
         out["last - best"] = out["val at last.pt"] - out["val at best.pt"]
         # which thresholds scored last.pt: tuned on its own weights, or (rows written before 2026-12-02, when
         # last.pt carried the best epoch's thresholds) the best epoch's, unless the two are one checkpoint
@@ -276,7 +274,7 @@ def rules_table(table: pd.DataFrame) -> pd.DataFrame:
         if {"best_epoch", "epochs"} <= set(table):
             own = own | (table["best_epoch"] == table["epochs"])
         out["last.pt thresholds"] = ["own" if o else "best epoch's" for o in own.to_numpy()]
-        out = out[keep]
+        out = out.dropna(subset=["val at best.pt", "val at last.pt"])
     return out.reset_index(drop=True)
 
 

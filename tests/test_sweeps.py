@@ -119,6 +119,7 @@ def test_the_studys_sweeps_share_one_dev_split_and_pin_the_recipe_they_ran_on(tm
     """Runs of one study compare on dev only on one hold-out: every real-data sweep run resolves to dev seed 42,
     but the one recorded as run on another; and the sweeps on the CPU recipe keep the values their rows ran with
     (no EMA, chosen by the dev peak) after the recipe moved to EMA at its final checkpoint."""
+    from skinseg.config import Config
     from skinseg.paths import PARAMS_DIR
 
     other = set()
@@ -126,8 +127,7 @@ def test_the_studys_sweeps_share_one_dev_split_and_pin_the_recipe_they_ran_on(tm
         base, overrides = sweeps.sweep_record(folder.name)
         for member in sweeps.sweep_files(folder.name):
             params = sweeps.run_parameters({**sweeps.load_params(base), **overrides}, member, None, tmp_path)
-            dev = params.get("dev_seed") if params.get("dev_seed") is not None else params.get("seed", 42)
-            if dev != 42:
+            if Config.from_dict(params, source=str(member)).holdout_seed != 42:
                 other.add(f"{folder.name}/{member.stem}")
             if base.name == "isic_cpu.yaml" and folder.name != "isic_cpu_ema":
                 assert params["ema"] is None and params["checkpoint_rule"] == "best", member

@@ -98,7 +98,7 @@ class Trainer:
                      "gates": [0.0] * cfg.classes}
         # the decision (thresholds, gates) tuned at the latest validation, on the weights last.pt then holds;
         # best.pt keeps the best epoch's (self.best), so each checkpoint carries thresholds tuned on its own weights
-        self.latest = {k: self.best[k] for k in ("epoch", "thresholds", "gates")}
+        self.latest = dict(self.best)
         self.stale_epochs = 0
 
     @property
@@ -305,8 +305,7 @@ class Trainer:
             "epoch": self.epoch,
             "step": self.step,
             "config": self.cfg.to_dict(),
-            **self._decision(self.best),
-            "best": self.best,
+            "best": self.best,  # each checkpoint adds its own decision keys (_decision) where it is written
             "latest": self.latest,
             "stale_epochs": self.stale_epochs,
             "history": self.history,
@@ -367,7 +366,7 @@ class Trainer:
         self.epoch, self.step = state["epoch"], state["step"]
         self.history, self.best, self.stale_epochs = state["history"], state["best"], state["stale_epochs"]
         # a checkpoint from before "latest" holds the best epoch's decision only
-        self.latest = state.get("latest") or {k: self.best[k] for k in ("epoch", "thresholds", "gates")}
+        self.latest = state.get("latest") or dict(self.best)
         set_rng_state(state["rng"])
         if self.rt.main:
             run.remove_stale_temp_files()
