@@ -32,6 +32,34 @@ def user_path(path: str | None) -> Path | None:
     return Path(path).expanduser().resolve() if path else None
 
 
+CHECKPOINT_HELP = "a best.pt / last.pt, an ensemble file, or a run folder (the checkpoint its checkpoint_rule names)"
+
+
+def checkpoint_arg(path: str) -> Path:
+    """A ``--checkpoint`` typed on the command line: a checkpoint file, or a run folder, which stands for the
+    checkpoint its ``checkpoint_rule`` names (best.pt or last.pt; said on stderr)."""
+    import yaml
+
+    from skinseg.errors import CheckpointError
+    from skinseg.runs import RunFolder
+
+    given = user_path(path)
+    if not given.is_dir():
+        return given
+    run = RunFolder(given)
+    if not run.config_file.is_file():
+        raise CheckpointError(f"--checkpoint {path}: a folder but not a run folder (no {run.config_file.name}); "
+                              "pass a run folder, or its best.pt / last.pt")
+    try:
+        rule = run.config().get("checkpoint_rule", "best")
+    except (yaml.YAMLError, AttributeError, OSError):
+        raise CheckpointError(f"--checkpoint {path}: its {run.config_file.name} is unreadable; pass one of its "
+                              "checkpoints (best.pt / last.pt)") from None
+    chosen = run.chosen
+    print(f"{path}: checkpoint_rule {rule!r} -> {chosen.name}", file=sys.stderr)
+    return chosen
+
+
 def _user_overrides(items: list[str] | None) -> dict:
     """``--set`` values, with the relative paths among them resolved from the working directory."""
     from skinseg.config import parse_overrides
@@ -120,7 +148,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from skinseg.predict.evaluate import evaluate_checkpoint, evaluation_json, operating_points_table
 
     json_path = _json_target(args.json)
-    checkpoint = user_path(args.checkpoint)
+    checkpoint = checkpoint_arg(args.checkpoint)
     result = evaluate_checkpoint(checkpoint, user_path(args.data), args.split, tta=args.tta, tuned=not args.untuned,
                                  device=args.device)
     if args.untuned:
@@ -140,7 +168,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_ensemble(args: argparse.Namespace) -> int:
     from skinseg.predict.ensemble import build_ensemble
 
-    summary = build_ensemble([user_path(p) for p in args.checkpoint], user_path(args.data), user_path(args.out),
+    summary = build_ensemble([checkpoint_arg(p) for p in args.checkpoint], user_path(args.data), user_path(args.out),
                              tune_split=args.tune_split, tta=args.tta, device=args.device)
     print(json.dumps(summary, indent=2))
     return 0
@@ -149,7 +177,7 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from skinseg.predict.submission import predict_folder
 
-    n = predict_folder(user_path(args.checkpoint), user_path(args.images), user_path(args.out), tta=args.tta,
+    n = predict_folder(checkpoint_arg(args.checkpoint), user_path(args.images), user_path(args.out), tta=args.tta,
                        device=args.device, operating_point=args.operating_point)
     print(f"wrote {n} mask files to {args.out}")
     return 0
@@ -276,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="official ISIC 2018 Task 2 score of a checkpoint on a split")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     p.add_argument("--data", required=True, help="data root")
     p.add_argument("--split", default="val", choices=SPLIT_NAMES)
     p.add_argument("--tta", default=None, choices=TTA_MODES, help="default: the checkpoint's")
@@ -287,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("ensemble", help="average the probabilities of several checkpoints; tune thresholds again")
-    p.add_argument("--checkpoint", required=True, nargs="+", help="two or more best.pt / last.pt files")
+    p.add_argument("--checkpoint", required=True, nargs="+",
+                   help="two or more best.pt / last.pt files or run folders (each its checkpoint_rule's)")
     p.add_argument("--data", required=True, help="data root")
     p.add_argument("--tune-split", default="dev", choices=("dev", "val"),
                    help="split to tune the ensemble's thresholds on (dev: the members' common hold-out of train)")
@@ -297,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_ensemble)
 
     p = sub.add_parser("predict", help="write a challenge submission (one PNG per image and attribute)")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     p.add_argument("--images", required=True, help="folder of ISIC_<id>.jpg images")
     p.add_argument("--out", required=True, help="output folder for ISIC_<id>_attribute_<name>.png")
     p.add_argument("--tta", default=None, choices=TTA_MODES)

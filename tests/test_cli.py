@@ -63,7 +63,8 @@ BAD_INPUTS = {
     "evaluate": [("evaluate --checkpoint {best} --data {root} --device gpu0", "--device"),
                  ("evaluate --checkpoint {junk} --data {root}", "notes.pt"),
                  ("evaluate --checkpoint {best} --data {root} --split dev", "dev_fraction"),
-                 ("evaluate --checkpoint {best} --data {tmp}/nowhere", "nowhere")],
+                 ("evaluate --checkpoint {best} --data {tmp}/nowhere", "nowhere"),
+                 ("evaluate --checkpoint {tmp} --data {root}", "not a run folder")],
     "ensemble": [("ensemble --checkpoint {best} {best} --data {root} --out {best}", "member"),
                  ("ensemble --checkpoint {best} --data {root} --out {tmp}/e.pt", "two"),
                  ("ensemble --checkpoint {best} {junk} --data {root} --out {tmp}/e.pt", "notes.pt")],
@@ -89,6 +90,31 @@ def test_every_verb_meets_bad_input_with_one_line_and_exit_2(verb, world, capsys
         line = one_line_error(capsys, argv)
         assert line.startswith(f"skinseg {verb}"), line
         assert words in line, (template, line)
+
+
+def test_a_run_folder_stands_for_the_checkpoint_its_rule_names(small_root, tmp_path, cache_root, capsys):
+    """``--checkpoint RUN`` evaluates (and predicts with) the checkpoint the run's ``checkpoint_rule`` names, as
+    the README's commands use it: last.pt for the CPU recipe, best.pt by default."""
+    import json
+
+    from skinseg.train import train
+
+    for rule in ("last", "best"):
+        run = RunFolder(train(tiny_config(small_root, tmp_path, epochs=2, checkpoint_rule=rule, run_name=rule,
+                                          lr=0.05), progress=False)["run_dir"])
+        by_folder, by_file = tmp_path / f"{rule}_folder.json", tmp_path / f"{rule}_file.json"
+        assert main(["evaluate", "--checkpoint", str(run.path), "--data", str(small_root), "--json",
+                     str(by_folder)]) == 0
+        assert f"checkpoint_rule {rule!r} -> {rule}.pt" in capsys.readouterr().err
+        assert main(["evaluate", "--checkpoint", str(run.path / f"{rule}.pt"), "--data", str(small_root),
+                     "--json", str(by_file)]) == 0
+        folder, file = (json.loads(p.read_text()) for p in (by_folder, by_file))
+        assert folder.pop("checkpoint") == file.pop("checkpoint") == str(run.path / f"{rule}.pt")
+        assert folder == file
+        sub = tmp_path / f"{rule}_sub"
+        assert main(["predict", "--checkpoint", str(run.path), "--images",
+                     str(small_root / "val" / SPLIT_FOLDERS["val"][0]), "--out", str(sub)]) == 0
+        assert len(list(sub.glob("*.png"))) == 5 * len(list((small_root / "val" / SPLIT_FOLDERS["val"][0]).glob("*.jpg")))
 
 
 def test_every_verb_is_in_the_batch():

@@ -52,11 +52,13 @@ def operating_points(result: EvalResult, checkpoint) -> dict[str, dict]:
 
 
 def evaluation_json(result: EvalResult, checkpoint, split: str) -> dict:
-    """What ``skinseg evaluate --json`` writes: the official scorer's shape at the micro operating point, then
-    both operating points with their thresholds, and the per-attribute presence AUC."""
+    """What ``skinseg evaluate --json`` writes: the official scorer's shape at the micro operating point, the split
+    and checkpoint file, then both operating points with their thresholds, and the per-attribute presence AUC."""
     points = operating_points(result, checkpoint)
     out = result.scores.to_official_json()
     out["split"] = split
+    if not isinstance(checkpoint, Mapping):
+        out["checkpoint"] = str(checkpoint)  # which file was scored (a run folder's rule names one)
     out["operating_points"] = {name: {"thresholds": p["thresholds"], **p["scores"].to_official_json()}
                                for name, p in points.items()}
     out["presence_auc"] = result.presence_auc()
