@@ -271,6 +271,32 @@ def test_each_checkpoint_carries_the_thresholds_tuned_on_its_own_weights(tmp_pat
     assert load_checkpoint(old)["thresholds"] == [0.97] * 5  # the run's own file is left as it was
 
 
+def test_the_decision_table_shows_what_the_chosen_checkpoint_decides_with(tmp_path, cache_root):
+    """Notebook 03's table: the thresholds of the checkpoint the run stands for, at both operating points, and
+    the presence cut-offs of a model with a presence head, with the epoch that tuned them."""
+    from conftest import write_split
+    from skinseg.checkpoint import load_checkpoint
+    from skinseg.predict.decisions import decision_table
+    from skinseg.runs import chosen_checkpoint
+    from skinseg.train import train
+
+    root = tmp_path / "isic"
+    write_split(root, "train", [(48, 40)] * 8 + [(40, 48)] * 4, seed=1)
+    summary = train(tiny_config(root, tmp_path, epochs=3, dev_fraction=0.3, val_split="dev", aux_head=True,
+                                checkpoint_rule="last", scheduler="none"), progress=False)
+    path = chosen_checkpoint(summary["run_dir"])
+    state = load_checkpoint(path)
+    table = decision_table(path)
+    assert path.name == "last.pt" and table.attrs == {"epoch": 3, "tuned_at": 3}
+    assert list(table.columns) == list(ATTRIBUTES)
+    assert table.loc["threshold (micro)"].tolist() == pytest.approx(state["thresholds"])
+    assert table.loc["threshold (per attribute)"].tolist() == pytest.approx(state["thresholds_per_attribute"])
+    assert table.loc["presence cut-off"].tolist() == pytest.approx(state["gates"])
+    plain = train(tiny_config(root, tmp_path, epochs=1, dev_fraction=0.3, val_split="dev", run_name="plain"),
+                  progress=False)
+    assert "presence cut-off" not in decision_table(chosen_checkpoint(plain["run_dir"])).index
+
+
 def test_study_tables_group_architectures_with_their_seed_spread():
     import pandas as pd
 

@@ -81,6 +81,26 @@ def stored_operating_points(state: dict[str, Any]) -> tuple[str, ...]:
     return ("micro", "per_attribute") if state.get("thresholds_per_attribute") is not None else ("micro",)
 
 
+def decision_table(path: str | Path):
+    """What a checkpoint decides with, one row each: the thresholds at each operating point it holds, and the
+    presence cut-offs where its model has a presence head; a column per attribute. ``attrs``: its epoch and the
+    epoch whose validation tuned them."""
+    import pandas as pd
+
+    from skinseg.checkpoint import load_checkpoint
+    from skinseg.data.isic import ATTRIBUTES
+
+    state = load_checkpoint(path, mmap=True)
+    names = {"micro": "threshold (micro)", "per_attribute": "threshold (per attribute)"}
+    rows = {names[p]: decision_thresholds(state, p, path) for p in stored_operating_points(state)}
+    if state["config"].get("aux_head"):
+        rows["presence cut-off"] = [float(g) for g in state["gates"]]
+    table = pd.DataFrame(rows, index=list(ATTRIBUTES)).T
+    table.attrs.update(epoch=state.get("epoch"),
+                       tuned_at=state.get("thresholds_epoch", state.get("best", {}).get("epoch")))
+    return table
+
+
 @dataclass(frozen=True)
 class DecisionRule:
     """How a checkpoint's probabilities become masks: per-attribute thresholds at an operating point, the presence
