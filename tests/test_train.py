@@ -294,9 +294,10 @@ def test_evaluate_writes_official_json(small_root, tmp_path, cache_root):
     assert main(["evaluate", "--checkpoint", os.path.join(run, "best.pt"), "--data", str(small_root),
                  "--split", "val", "--json", str(out)]) == 0
     scores = json.loads(out.read_text())
-    # the official scorer's shape at the micro operating point, then both operating points and presence AUC
-    assert set(scores) == set(ATTRIBUTES) | {"micro_average", "macro_average", "overall", "split",
+    # the official scorer's shape at the micro operating point, the file scored, both operating points, presence AUC
+    assert set(scores) == set(ATTRIBUTES) | {"micro_average", "macro_average", "overall", "split", "checkpoint",
                                              "operating_points", "presence_auc"}
+    assert scores["checkpoint"] == os.path.join(run, "best.pt")
     assert set(scores["operating_points"]) == {"micro", "per_attribute"}
     assert scores["overall"] == scores["micro_average"]["jaccard"]
     assert 0.0 <= scores["overall"] <= 1.0 and not math.isnan(scores["overall"])
