@@ -51,12 +51,11 @@ def checkpoint_arg(path: str) -> Path:
         raise CheckpointError(f"--checkpoint {path}: a folder but not a run folder (no {run.config_file.name}); "
                               "pass a run folder, or its best.pt / last.pt")
     try:
-        rule = run.config().get("checkpoint_rule", "best")
+        chosen = run.chosen
     except (yaml.YAMLError, AttributeError, OSError):
         raise CheckpointError(f"--checkpoint {path}: its {run.config_file.name} is unreadable; pass one of its "
                               "checkpoints (best.pt / last.pt)") from None
-    chosen = run.chosen
-    print(f"{path}: checkpoint_rule {rule!r} -> {chosen.name}", file=sys.stderr)
+    print(f"{path}: checkpoint_rule {chosen.stem!r} -> {chosen.name}", file=sys.stderr)  # the rule names the file
     return chosen
 
 

@@ -72,8 +72,13 @@ def tuned_on_own_weights(state: dict[str, Any]) -> bool:
     """Whether a checkpoint's thresholds were tuned on its own weights: ``thresholds_epoch`` is its epoch (every
     checkpoint since 2026-12-02), or, in an older one that lacks it, the best epoch it names is its own (a best.pt,
     or a last.pt of the best epoch; an older last.pt held the best epoch's thresholds)."""
-    tuned_at = state.get("thresholds_epoch", state.get("best", {}).get("epoch", state.get("epoch")))
-    return tuned_at == state.get("epoch")
+    return thresholds_epoch(state) == state.get("epoch")
+
+
+def thresholds_epoch(state: dict[str, Any]) -> int | None:
+    """The epoch whose validation tuned a checkpoint's thresholds: ``thresholds_epoch``, or in an older checkpoint
+    that lacks it the best epoch it names (what an older last.pt held)."""
+    return state.get("thresholds_epoch", state.get("best", {}).get("epoch", state.get("epoch")))
 
 
 def stored_operating_points(state: dict[str, Any]) -> tuple[str, ...]:
@@ -96,8 +101,7 @@ def decision_table(path: str | Path):
     if state["config"].get("aux_head"):
         rows["presence cut-off"] = [float(g) for g in state["gates"]]
     table = pd.DataFrame(rows, index=list(ATTRIBUTES)).T
-    table.attrs.update(epoch=state.get("epoch"),
-                       tuned_at=state.get("thresholds_epoch", state.get("best", {}).get("epoch")))
+    table.attrs.update(epoch=state.get("epoch"), tuned_at=thresholds_epoch(state))
     return table
 
 
