@@ -134,3 +134,22 @@ def test_the_studys_sweeps_share_one_dev_split_and_pin_the_recipe_they_ran_on(tm
     assert other == {"isic_cpu_rare/d_rare_sampler_17ep_seed7"}
     recipe = sweeps.load_params(PARAMS_DIR / "isic_cpu.yaml")
     assert (recipe["ema"], recipe["checkpoint_rule"], recipe["dev_seed"]) == (0.998, "last", 42)
+
+
+def test_the_pretrained_sweeps_reference_is_the_architecture_comparisons_recipe_run(tmp_path):
+    """docs/experiments.md compares isic_cpu_pretrained's runs with isic_cpu_architectures' d_convnext_lite0 in
+    place of c_deep_supervision: the two merge to one config (all but where the run and its row go)."""
+    def merged(sweep: str, stem: str) -> dict:
+        base, overrides = sweeps.sweep_record(sweep)
+        [member] = [f for f in sweeps.sweep_files(sweep) if f.stem == stem]
+        params = sweeps.run_parameters({**sweeps.load_params(base), **overrides}, member, None, tmp_path)
+        return {k: v for k, v in params.items() if k not in {"output_dir", "run_name", "results_file"}}
+
+    reference, member = merged("isic_cpu_architectures", "d_convnext_lite0"), merged("isic_cpu_pretrained",
+                                                                                       "c_deep_supervision")
+    assert reference == member
+    assert (member["deep_supervision"], member["ema"], member["checkpoint_rule"], member["seed"]) == (3, None, "best",
+                                                                                                      42)
+    # and a run of that sweep differs from it in what its file says
+    changed = merged("isic_cpu_pretrained", "g_log_jaccard")
+    assert {k for k in changed if changed[k] != reference.get(k)} == {"loss"}
