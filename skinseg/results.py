@@ -30,7 +30,7 @@ RESULTS_DIR_NAME = "results"
 # what a reader compares first: the columns study_table shows, in order
 SUMMARY_COLUMNS = {
     "config": "config", "seed": "seed",  # what was trained: the by_architecture table, and the sweep file named
-    "epochs": "epochs", "params": "params (M)", "s_per_epoch": "s/epoch", "wall_min": "wall (min)",
+    "epochs": "epochs", "params": "params (M)", "s_per_epoch": "train s/epoch", "wall_min": "wall (min)",
     "checkpoint_rule": "rule", f"tune_last{LAST_VALIDATIONS}": "dev last-3",
     "tune_peak": "dev peak", "dev_micro_overall": "dev micro", "dev_each_macro": "dev macro (per-attr)",
     "val_micro_overall": "val micro", "val_each_macro": "val macro (per-attr)",

@@ -1,4 +1,6 @@
 """Sweeps run through `skinseg train` processes (runner cli), several at once, and reuse finished runs."""
+import re
+
 import pandas as pd
 import pytest
 import yaml
@@ -27,6 +29,8 @@ def test_cli_runner_trains_configs_in_parallel_and_reuses_them(small_root, tmp_p
     assert yaml.safe_load((out / "b_jaccard.yaml").read_text())["loss"] == {"log_jaccard": 1.0}
     log = (out / "a_plain.log").read_text()
     assert "epoch 1:" in log and "\r" not in log and "it/s" not in log  # the epoch line, no progress-bar frames
+    # the epoch line names each part of the epoch's time on its own
+    assert re.search(r"epoch 1: train loss [\d.]+.*; training [\d.]+s, validation [\d.]+s, checkpoints [\d.]+s", log)
     runs = {name: sorted((out / name / "runs").iterdir()) for name in table.index}
     assert all(len(r) == 1 for r in runs.values())
     again = sweeps.run_sweep("mini", base=base, out_dir=out, runner="cli", jobs=2, progress=False)
