@@ -288,7 +288,6 @@ class Trainer:
         if self.progress:
             said = (f", val loss {result.loss:.4f}, val jaccard {result.scores.overall:.4f}, "
                     f"tuned {row['val_tuned_jaccard']:.4f}" if result is not None else "")
-            # three parts of the epoch's wall time, each on its own (the training time excludes the others)
             tqdm.write(f"epoch {self.epoch}: train loss {train_loss:.4f}{said}; training {seconds:.1f}s, "
                        f"validation {val_seconds:.1f}s, checkpoints {row['checkpoint_seconds']:.1f}s")
         return stop
