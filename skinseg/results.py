@@ -154,8 +154,7 @@ def _run_row(run: RunFolder, tmp: Path) -> dict[str, Any]:
         "pretrained": bool(cfg.get("pretrained")), "seed": cfg["seed"], "epochs": len(epochs),
         "params": sum(v.numel() for v in state["model"].values() if v.is_floating_point()),
         "s_per_epoch": float(epochs["epoch_seconds"].mean()),
-        "wall_min": float((epochs["epoch_seconds"] + epochs["val_seconds"].fillna(0)
-                           + epochs.get("checkpoint_seconds", 0).fillna(0)).sum() / 60),
+        "wall_min": wall_minutes(epochs),
         "checkpoint_rule": cfg.get("checkpoint_rule", "best"), "checkpoint_epoch": int(state["epoch"]),
         f"tune_last{LAST_VALIDATIONS}": last_mean(epochs),
         "tune_peak": float(epochs["val_tuned_jaccard"].max()) if "val_tuned_jaccard" in epochs else float("nan"),
@@ -185,6 +184,13 @@ def _run_row(run: RunFolder, tmp: Path) -> dict[str, Any]:
     if cfg.get("ema") and run.last.exists():
         row.update(trained_weights_scores(run.last, root, cfg["val_split"], tmp))
     return row
+
+
+def wall_minutes(epochs: pd.DataFrame) -> float:
+    """Training, validation and checkpoint time of a run's epochs, in minutes; a history written before a column
+    existed (checkpoint_seconds came later) counts it as 0."""
+    parts = [c for c in ("epoch_seconds", "val_seconds", "checkpoint_seconds") if c in epochs]
+    return float(epochs[parts].fillna(0).to_numpy().sum() / 60)
 
 
 def own_decision(checkpoint: str | Path, data_root: str | Path, tune_split: str, tmp: Path) -> Path:

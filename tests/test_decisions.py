@@ -343,6 +343,18 @@ def test_the_rules_table_says_which_thresholds_scored_last_pt():
     assert shown["last - best"].tolist() == pytest.approx([0.0, -0.02, 0.01])
 
 
+def test_a_run_wall_time_counts_the_parts_its_history_holds():
+    import pandas as pd
+
+    from skinseg.results import wall_minutes
+
+    now = pd.DataFrame(dict(epoch_seconds=[60.0, 120.0], val_seconds=[30.0, float("nan")],
+                            checkpoint_seconds=[6.0, 24.0]))
+    assert wall_minutes(now) == pytest.approx(4.0)  # (60 + 30 + 6 + 120 + 0 + 24) s; an epoch without validation
+    # a history written before checkpoint_seconds existed is summed from what it has, not refused
+    assert wall_minutes(now.drop(columns="checkpoint_seconds")) == pytest.approx(3.5)
+
+
 def test_the_decision_rule_is_read_from_a_checkpoint_in_one_place():
     from skinseg.config import Config
     from skinseg.errors import CheckpointError
