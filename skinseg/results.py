@@ -20,7 +20,7 @@ from skinseg.choices import MODEL_ALIASES
 from skinseg.data.isic import ATTRIBUTES
 from skinseg.files import write_atomic
 from skinseg.paths import resolve
-from skinseg.runs import LAST_VALIDATIONS, RunFolder, last_mean
+from skinseg.runs import EPOCH_TIME_COLUMNS, LAST_VALIDATIONS, RunFolder, last_mean
 
 
 # "own" in rows whose last.pt was scored at thresholds tuned on its own weights (every row since 2026-12-02)
@@ -189,7 +189,7 @@ def _run_row(run: RunFolder, tmp: Path) -> dict[str, Any]:
 def wall_minutes(epochs: pd.DataFrame) -> float:
     """Training, validation and checkpoint time of a run's epochs, in minutes; a history written before a column
     existed (checkpoint_seconds came later) counts it as 0."""
-    parts = [c for c in ("epoch_seconds", "val_seconds", "checkpoint_seconds") if c in epochs]
+    parts = [c for c in EPOCH_TIME_COLUMNS if c in epochs]
     return float(epochs[parts].fillna(0).to_numpy().sum() / 60)
 
 

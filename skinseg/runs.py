@@ -46,6 +46,8 @@ IGNORED_WHEN_COMPARING = ("output_dir", "run_name", "load", "num_workers", "log_
 # keys a resumed run may set differently from its config.yaml (which then records the new values): where the run
 # and its data live and how it is run, not what the weights go through
 MAY_CHANGE_ON_RESUME = IGNORED_WHEN_COMPARING + ("data_root", "device", "compile", "checkpoint_rule")
+# what an epoch's wall time is made of, as metrics.csv records it (checkpoint_seconds came later)
+EPOCH_TIME_COLUMNS = ("epoch_seconds", "val_seconds", "checkpoint_seconds")
 CSV_COLUMNS = (
     ["kind", "epoch", "step", "time", "loss", "lr", "train_loss", "val_loss", "epoch_seconds", "images_per_s",
      "val_seconds", "checkpoint_seconds"]
