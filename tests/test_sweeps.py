@@ -157,3 +157,22 @@ def test_the_pretrained_sweeps_reference_is_the_architecture_comparisons_recipe_
     # and a run of that sweep differs from it in what its file says
     changed = merged("isic_cpu_pretrained", "g_log_jaccard")
     assert {k for k in changed if changed[k] != reference.get(k)} == {"loss"}
+
+
+def test_the_pretrained_sweeps_runs_before_deep_supervision_have_a_control_of_their_own(tmp_path):
+    """a_encoder_lr03 and b_upscale384 pin deep_supervision 0; i_no_deep_supervision is that base alone, so each
+    differs from it in what its own file changes and the control differs from c_deep_supervision in that one key."""
+    def merged(stem: str) -> dict:
+        base, overrides = sweeps.sweep_record("isic_cpu_pretrained")
+        [member] = [f for f in sweeps.sweep_files("isic_cpu_pretrained") if f.stem == stem]
+        params = sweeps.run_parameters({**sweeps.load_params(base), **overrides}, member, None, tmp_path)
+        return {k: v for k, v in params.items() if k not in {"output_dir", "run_name"}}
+
+    def changed(a: dict, b: dict) -> set:
+        return {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+
+    control = merged("i_no_deep_supervision")
+    assert control["deep_supervision"] == 0
+    assert changed(control, merged("c_deep_supervision")) == {"deep_supervision"}
+    assert changed(control, merged("a_encoder_lr03")) == {"encoder_lr_mult"}
+    assert changed(control, merged("b_upscale384")) == {"image_size", "val_every"}
