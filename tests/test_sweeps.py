@@ -1,5 +1,6 @@
 """Sweeps run through `skinseg train` processes (runner cli), several at once, and reuse finished runs."""
 import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -159,20 +160,36 @@ def test_the_pretrained_sweeps_reference_is_the_architecture_comparisons_recipe_
     assert {k for k in changed if changed[k] != reference.get(k)} == {"loss"}
 
 
+def _pretrained_member(stem: str, out: Path) -> dict:
+    """An isic_cpu_pretrained run's merged config as recorded, without where the run goes."""
+    base, overrides = sweeps.sweep_record("isic_cpu_pretrained")
+    [member] = [f for f in sweeps.sweep_files("isic_cpu_pretrained") if f.stem == stem]
+    params = sweeps.run_parameters({**sweeps.load_params(base), **overrides}, member, None, out)
+    return {k: v for k, v in params.items() if k not in {"output_dir", "run_name"}}
+
+
+def _changed(a: dict, b: dict) -> set:
+    return {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+
+
 def test_the_pretrained_sweeps_runs_before_deep_supervision_have_a_control_of_their_own(tmp_path):
     """a_encoder_lr03 and b_upscale384 pin deep_supervision 0; i_no_deep_supervision is that base alone, so each
     differs from it in what its own file changes and the control differs from c_deep_supervision in that one key."""
-    def merged(stem: str) -> dict:
-        base, overrides = sweeps.sweep_record("isic_cpu_pretrained")
-        [member] = [f for f in sweeps.sweep_files("isic_cpu_pretrained") if f.stem == stem]
-        params = sweeps.run_parameters({**sweeps.load_params(base), **overrides}, member, None, tmp_path)
-        return {k: v for k, v in params.items() if k not in {"output_dir", "run_name"}}
-
-    def changed(a: dict, b: dict) -> set:
-        return {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
-
-    control = merged("i_no_deep_supervision")
+    control = _pretrained_member("i_no_deep_supervision", tmp_path)
     assert control["deep_supervision"] == 0
-    assert changed(control, merged("c_deep_supervision")) == {"deep_supervision"}
-    assert changed(control, merged("a_encoder_lr03")) == {"encoder_lr_mult"}
-    assert changed(control, merged("b_upscale384")) == {"image_size", "val_every"}
+    assert _changed(control, _pretrained_member("c_deep_supervision", tmp_path)) == {"deep_supervision"}
+    assert _changed(control, _pretrained_member("a_encoder_lr03", tmp_path)) == {"encoder_lr_mult"}
+    assert _changed(control, _pretrained_member("b_upscale384", tmp_path)) == {"image_size", "val_every"}
+
+
+def test_the_encoder_learning_rate_runs_again_on_the_deep_supervision_reference(tmp_path):
+    """j_encoder_lr03_ds is a_encoder_lr03's change on c_deep_supervision (the reference of d-h): it differs from c
+    in encoder_lr_mult alone, and from a_encoder_lr03 in deep supervision alone; k_encoder_lr03_ds_seed7 is its
+    second seed on the same dev split."""
+    member = _pretrained_member("j_encoder_lr03_ds", tmp_path)
+    assert (member["encoder_lr_mult"], member["deep_supervision"]) == (0.3, 3)
+    assert _changed(_pretrained_member("c_deep_supervision", tmp_path), member) == {"encoder_lr_mult"}
+    assert _changed(_pretrained_member("a_encoder_lr03", tmp_path), member) == {"deep_supervision"}
+    second_seed = _pretrained_member("k_encoder_lr03_ds_seed7", tmp_path)
+    assert _changed(member, second_seed) == {"seed"}
+    assert (second_seed["seed"], second_seed["dev_seed"]) == (7, 42)
