@@ -287,9 +287,24 @@ class Config(BaseModel):
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> "Config":
-        data = read_params(path)
-        data.update(overrides or {})
-        return cls.from_dict(data, source=str(path))
+        return cls.with_overrides(read_params(path), overrides, source=str(path))
+
+    @classmethod
+    def with_overrides(cls, data: dict[str, Any], overrides: dict[str, Any] | None, source: str) -> "Config":
+        """``data`` (read from ``source``) with ``overrides`` (``--set``) on top. An error the overrides cause names
+        ``--set``, not the source, which is valid without them."""
+        overrides = dict(overrides or {})
+        check_keys(overrides, "--set")
+        try:
+            return cls.from_dict({**data, **overrides}, source=source)
+        except ConfigError as e:
+            if not overrides:
+                raise
+            try:
+                cls.from_dict(data, source=source)
+            except ConfigError:
+                raise e from None
+            raise ConfigError(f"--set: {str(e).removeprefix(f'{source}: ')}") from None
 
     def replace(self, **changes: Any) -> "Config":
         check_keys(changes, "replace()")

@@ -84,9 +84,13 @@ def load_params(path: str | Path | None) -> dict[str, Any]:
 def run_parameters(base: dict, sweep_file: Path, overrides: dict | None, out_dir: Path) -> dict[str, Any]:
     """A sweep file is an overlay on the base: checked merged with it (naming the file), not on its own, so a
     key that needs another (``crop_foreground_p`` needs ``crop_size``) may come from the base."""
-    params = {**base, **read_params(resolve(sweep_file)), **(overrides or {})}
+    for key in ("output_dir", "run_name"):
+        if key in (overrides or {}):
+            raise ConfigError(f"--set {key}: a sweep puts each config's run in OUT/<config>/runs, named after the "
+                              "config; choose OUT with --out")
+    params = {**base, **read_params(resolve(sweep_file))}
     params.update(output_dir=str(out_dir / sweep_file.stem / "runs"), run_name=sweep_file.stem)
-    return Config.from_dict(params, source=str(sweep_file)).to_dict()
+    return Config.with_overrides(params, overrides, source=str(sweep_file)).to_dict()
 
 
 def run_sweep(name: str, base: str | Path | None = None, overrides: dict | None = None,
@@ -104,8 +108,10 @@ def run_sweep(name: str, base: str | Path | None = None, overrides: dict | None 
     recorded_base, recorded_overrides = sweep_record(name)
     # the record's overrides belong to the base (a sweep file may set them otherwise); --set overrides all
     base_params = {**load_params(base if base is not None else recorded_base), **recorded_overrides}
-    out_dir = claim_folder(out_dir or REPORTS_DIR / "sweeps" / name, SWEEP_MARKER, "the sweep's --out",
-                           own=REPORTS_DIR)
+    out_dir = Path(out_dir or REPORTS_DIR / "sweeps" / name).expanduser().resolve()
+    for f in sweep_files(name):  # every config checked before the folder is made
+        run_parameters(base_params, f, overrides, out_dir)
+    out_dir = claim_folder(out_dir, SWEEP_MARKER, "the sweep's --out", own=REPORTS_DIR)
     # not the study the record pins: its rows go to the sweep's own folder, which keeps results/ clean
     if not as_recorded(name, base, overrides) and "results_file" in base_params:
         base_params["results_file"] = str(out_dir / OWN_RESULTS_FILE)

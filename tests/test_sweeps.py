@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from skinseg import sweeps
+from skinseg.errors import ConfigError
 
 
 def _sweep(tmp_path, monkeypatch, small_root, files):
@@ -193,3 +194,16 @@ def test_the_encoder_learning_rate_runs_again_on_the_deep_supervision_reference(
     second_seed = _pretrained_member("k_encoder_lr03_ds_seed7", tmp_path)
     assert _changed(member, second_seed) == {"seed"}
     assert (second_seed["seed"], second_seed["dev_seed"]) == (7, 42)
+
+
+@pytest.mark.parametrize("bad, words", [({"epochs": "abc"}, "--set: epochs='abc'"),
+                                        ({"out_dir": "x"}, "--set: unknown key 'out_dir'"),
+                                        ({"output_dir": "x"}, "--set output_dir")])
+def test_a_sweep_refused_for_its_overrides_makes_no_folder(bad, words, tmp_path):
+    """Every config of the sweep is checked with ``--set`` before its --out folder is made: a refusal names
+    ``--set`` (the sweep's files are valid) and leaves nothing behind."""
+    out = tmp_path / "sweep"
+    with pytest.raises(ConfigError) as caught:
+        sweeps.run_sweep("architectures", overrides=bad, out_dir=out, progress=False)
+    assert str(caught.value).startswith(words), caught.value
+    assert not out.exists()
