@@ -161,12 +161,16 @@ def test_the_pretrained_sweeps_reference_is_the_architecture_comparisons_recipe_
     assert {k for k in changed if changed[k] != reference.get(k)} == {"loss"}
 
 
-def _pretrained_member(stem: str, out: Path) -> dict:
-    """An isic_cpu_pretrained run's merged config as recorded, without where the run goes."""
-    base, overrides = sweeps.sweep_record("isic_cpu_pretrained")
-    [member] = [f for f in sweeps.sweep_files("isic_cpu_pretrained") if f.stem == stem]
+def _member(sweep: str, stem: str, out: Path) -> dict:
+    """A sweep run's merged config as recorded, without where the run goes."""
+    base, overrides = sweeps.sweep_record(sweep)
+    [member] = [f for f in sweeps.sweep_files(sweep) if f.stem == stem]
     params = sweeps.run_parameters({**sweeps.load_params(base), **overrides}, member, None, out)
     return {k: v for k, v in params.items() if k not in {"output_dir", "run_name"}}
+
+
+def _pretrained_member(stem: str, out: Path) -> dict:
+    return _member("isic_cpu_pretrained", stem, out)
 
 
 def _changed(a: dict, b: dict) -> set:
@@ -194,6 +198,25 @@ def test_the_encoder_learning_rate_runs_again_on_the_deep_supervision_reference(
     second_seed = _pretrained_member("k_encoder_lr03_ds_seed7", tmp_path)
     assert _changed(member, second_seed) == {"seed"}
     assert (second_seed["seed"], second_seed["dev_seed"]) == (7, 42)
+
+
+def test_the_epochs_question_compares_runs_that_differ_in_epochs_alone(tmp_path):
+    """isic_cpu_ema's 17-epoch runs are the recipe with 17 epochs: c_ema998_17ep_seed42 differs from
+    params/isic_cpu.yaml (the real report's run, its same-day control) in epochs alone, d_ema998_17ep_seed7 from
+    its same-day control e_ema998_seed7_same_day likewise, and that control is b_ema998_seed7 again."""
+    from skinseg.config import Config
+    from skinseg.paths import PARAMS_DIR
+
+    recipe = Config.from_dict(sweeps.load_params(PARAMS_DIR / "isic_cpu.yaml")).to_dict()
+    recipe = {k: v for k, v in recipe.items() if k not in {"output_dir", "run_name", "results_file"}}
+    long42 = _member("isic_cpu_ema", "c_ema998_17ep_seed42", tmp_path)
+    assert (long42["epochs"], recipe["epochs"]) == (17, 13)
+    assert _changed(recipe, long42) == {"epochs", "results_file"}
+    assert _changed(recipe, _member("isic_cpu_ema", "a_ema998_seed42", tmp_path)) == {"results_file"}
+    control7 = _member("isic_cpu_ema", "e_ema998_seed7_same_day", tmp_path)
+    assert _changed(control7, _member("isic_cpu_ema", "d_ema998_17ep_seed7", tmp_path)) == {"epochs"}
+    assert _changed(control7, _member("isic_cpu_ema", "b_ema998_seed7", tmp_path)) == set()
+    assert (control7["seed"], control7["dev_seed"]) == (7, 42)
 
 
 @pytest.mark.parametrize("bad, words", [({"epochs": "abc"}, "--set: epochs='abc'"),
