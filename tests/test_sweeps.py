@@ -146,10 +146,7 @@ def test_the_pretrained_sweeps_reference_is_the_architecture_comparisons_recipe_
     """docs/experiments.md compares isic_cpu_pretrained's runs with isic_cpu_architectures' d_convnext_lite0 in
     place of c_deep_supervision: the two merge to one config (all but where the run and its row go)."""
     def merged(sweep: str, stem: str) -> dict:
-        base, overrides = sweeps.sweep_record(sweep)
-        [member] = [f for f in sweeps.sweep_files(sweep) if f.stem == stem]
-        params = sweeps.run_parameters({**sweeps.load_params(base), **overrides}, member, None, tmp_path)
-        return {k: v for k, v in params.items() if k not in {"output_dir", "run_name", "results_file"}}
+        return {k: v for k, v in _member(sweep, stem, tmp_path).items() if k != "results_file"}
 
     reference, member = merged("isic_cpu_architectures", "d_convnext_lite0"), merged("isic_cpu_pretrained",
                                                                                        "c_deep_supervision")
@@ -208,7 +205,7 @@ def test_the_epochs_question_compares_runs_that_differ_in_epochs_alone(tmp_path)
     from skinseg.paths import PARAMS_DIR
 
     recipe = Config.from_dict(sweeps.load_params(PARAMS_DIR / "isic_cpu.yaml")).to_dict()
-    recipe = {k: v for k, v in recipe.items() if k not in {"output_dir", "run_name", "results_file"}}
+    recipe = {k: v for k, v in recipe.items() if k not in {"output_dir", "run_name"}}
     long42 = _member("isic_cpu_ema", "c_ema998_17ep_seed42", tmp_path)
     assert (long42["epochs"], recipe["epochs"]) == (17, 13)
     assert _changed(recipe, long42) == {"epochs", "results_file"}
